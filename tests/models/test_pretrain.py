@@ -1,0 +1,47 @@
+import json
+
+import numpy as np
+import pytest
+
+from umm_plugin.models.pretrain import NO_EDIT, PretrainConfig, edit_pair, plan_text
+from umm_plugin.models.umm import UMM
+from umm_plugin.worlds.evaluator import check
+from umm_plugin.worlds.grammar import make_prompts, sample_scene
+
+
+def test_pretrain_runs_every_task_and_saves_a_loadable_model(pretrained_dir):
+    log = [json.loads(line) for line in (pretrained_dir / "pretrain_log.jsonl").read_text().splitlines()]
+    backbone = [r["loss"] for r in log if r["part"] == "backbone"]
+    assert len(backbone) == 40 and np.isfinite(backbone).all()
+    assert np.mean(backbone[-5:]) < 0.6 * np.mean(backbone[:5])  # it learns
+    assert sum(r["part"] == "head" for r in log) == 5
+    model = UMM.from_pretrained(pretrained_dir)
+    assert model.backbone.config.hidden_size == 32
+    assert json.loads((pretrained_dir / "pretrain_config.json").read_text())["steps"] == 40
+
+
+def test_reflect_answers_and_refine_targets_are_right():
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for meta in make_prompts(200, "train", 0):
+        objs = sample_scene(meta, rng)
+        shown, answer, fixed = edit_pair(meta, objs, rng)
+        assert check(meta, fixed)[0]  # the refine target always satisfies the prompt
+        assert (answer == NO_EDIT) == check(meta, shown)[0]  # "no edit" exactly when the image is already right
+        kinds.add(answer.split()[0])
+    assert kinds == {"no", "add", "remove", "make"}
+
+
+def test_plan_names_every_object_in_reading_order():
+    rng = np.random.default_rng(0)
+    meta = make_prompts(1, "train", 0, tags=("position_count",))[0]
+    objs = sample_scene(meta, rng)
+    plan = plan_text(objs)
+    assert plan.startswith("<think> ") and plan.endswith(" </think>")
+    assert plan.count(" at ") == len(objs)
+
+
+@pytest.mark.parametrize("bad", [{"gap": "huge"}, {"steps": 0}, {"r3_share": 0.9}])
+def test_config_checks(bad):
+    with pytest.raises(ValueError):
+        PretrainConfig(out="x", **bad)

@@ -1,0 +1,54 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from umm_plugin.models.generation import generate_image_tokens
+from umm_plugin.models.umm import UMM, ModelError
+
+
+def test_save_load_is_one_hf_directory_with_a_stock_qwen2_backbone(tiny_umm, tmp_path):
+    m = tiny_umm
+    m.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.rglob("*.bin"))
+    backbone = AutoModelForCausalLM.from_pretrained(tmp_path)  # no trust_remote_code
+    assert type(backbone).__name__ == "Qwen2ForCausalLM"
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.convert_tokens_to_ids("<img_0>") == m.layout.image_offset
+    assert len(tok) == m.backbone.config.vocab_size == m.layout.image_offset + m.layout.num_codes
+
+    again = UMM.from_pretrained(tmp_path)
+    rows = [m.generation_prompt("a photo of a red circle")]
+    a = generate_image_tokens(m.backbone, m.layout, rows, temperature=0)
+    assert torch.equal(a, generate_image_tokens(again.backbone, again.layout, rows, temperature=0))
+    assert again.layout == m.layout
+
+
+def test_image_layout_follows_x_omni(tiny_umm):
+    m = tiny_umm
+    seq = m.layout.wrap(torch.tensor([0, 5]))
+    toks = m.tokenizer.convert_ids_to_tokens(seq)
+    assert toks == ["<SOM>", "8", "8", "<IMAGE>", "<img_0>", "<img_5>", "<EOM>"]
+
+
+def test_unknown_words_and_empty_prompts_are_errors_not_unk(tiny_umm):
+    with pytest.raises(ModelError, match="unknown word 'zebra'"):
+        tiny_umm.ids("a photo of a zebra")
+    with pytest.raises(ModelError, match="empty prompt"):
+        tiny_umm.generation_prompt("   ")
+
+
+def test_missing_and_corrupt_directories_are_named(tiny_umm, tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        UMM.from_pretrained(tmp_path / "nope")
+    tiny_umm.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelError, match="cannot load the backbone"):
+        UMM.from_pretrained(tmp_path)
+    (tmp_path / "umm_config.json").write_text("{")
+    with pytest.raises(ModelError, match="umm_config.json is not valid JSON"):
+        UMM.from_pretrained(tmp_path)
+    (tmp_path / "umm_config.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ModelError, match="format"):
+        UMM.from_pretrained(tmp_path)

@@ -1,0 +1,78 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from umm_plugin.cli import main
+
+
+def cli(*args):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "umm_plugin.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_shapes_check_reports_exact_evaluator_and_round_trips(pretrained_dir, capsys):
+    main(["shapes", "check", "--n", "120", "--model", str(pretrained_dir)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["evaluator_on_ground_truth"]["overall"] == 1.0
+    assert report["tokenizer_round_trip"] >= 0.99
+    assert report["diffusion_head_round_trip"] >= 0.99
+
+
+def test_generate_writes_a_png_grid(pretrained_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    main(
+        [
+            "generate",
+            "--model",
+            str(pretrained_dir),
+            "--prompt",
+            "a photo of a red circle",
+            "--n",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
+    img = Image.open(out)
+    assert img.size == (4 * (32 * 4 + 4) + 4, 32 * 4 + 8 + 16)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_eval_prints_the_table_and_writes_json(pretrained_dir, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    main(["eval", "--model", str(pretrained_dir), "--n", "30", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert "generation" in out and "understanding" in out and "gap" in out and "AUC" in out
+    r = json.loads(path.read_text())
+    assert set(r["generation"]) >= {"single_object", "position_size", "overall"}
+    for key in ("understanding", "gvu_reward_mean"):
+        assert 0 <= r["own_generations"][key] <= 1
+    assert r["gap"] == pytest.approx(r["understanding"]["overall"] - r["generation"]["overall"])
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["generate", "--model", "{m}", "--prompt", "a photo of a red banana"], "unknown word 'banana'"),
+        (["generate", "--model", "{m}", "--prompt", ""], "empty prompt"),
+        (["eval", "--model", "/nonexistent/model"], "model directory /nonexistent/model not found"),
+        (["eval", "--model", "{corrupt}"], "cannot load the backbone"),
+        (["shapes", "pretrain", "--out", "x", "--gap", "huge"], "gap='huge'"),
+    ],
+)
+def test_bad_input_is_one_line_not_a_stack_trace(pretrained_dir, tmp_path, args, msg):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for f in pretrained_dir.iterdir():
+        if f.is_file():
+            (corrupt / f.name).write_bytes(f.read_bytes())
+    (corrupt / "model.safetensors").write_bytes(b"garbage")
+    r = cli(*[a.format(m=pretrained_dir, corrupt=corrupt) for a in args])
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and msg in lines[0], r.stderr

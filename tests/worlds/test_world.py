@@ -1,0 +1,139 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from umm_plugin.worlds.evaluator import check, detect, evaluate
+from umm_plugin.worlds.grammar import (
+    TAGS,
+    PromptError,
+    _structures,
+    describe,
+    load_prompts,
+    make_prompts,
+    parse_prompt,
+    prompt_pool,
+    sample_scene,
+    save_prompts,
+)
+from umm_plugin.worlds.scene import CANVAS, COLOR_NAMES, PERTURBATIONS, perturb, render
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    rng = np.random.default_rng(0)
+    metas = make_prompts(1000, "eval", 0) + make_prompts(200, "train", 1)
+    return [(m, sample_scene(m, rng)) for m in metas]
+
+
+def test_evaluator_scores_every_ground_truth_render_correct(scenes):
+    assert {m["tag"] for m, _ in scenes} == set(TAGS)
+    wrong = [(m["prompt"], evaluate(render(objs), m)[1]) for m, objs in scenes if not evaluate(render(objs), m)[0]]
+    assert wrong == []
+    # and detection recovers exactly the objects that were drawn
+    m, objs = scenes[7]
+    found = detect(render(objs))
+    assert sorted((o.shape, o.color, o.size, o.box) for o in found.objects) == sorted(
+        (o.shape, o.color, o.size, o.box) for o in objs
+    )
+    assert found.fragments == 0
+
+
+def _wrong_colour(meta, objs):
+    req = next(r for r in meta["include"] if "color" in r)
+    i = next(i for i, o in enumerate(objs) if o.shape == req["class"] and o.color == req["color"])
+    other = next(c for c in COLOR_NAMES if c != req["color"])
+    return objs[:i] + [replace(objs[i], color=other)] + objs[i + 1 :]
+
+
+def _mirror(objs, axis):
+    if axis == "x":
+        return [replace(o, x=CANVAS - o.x - o.px) for o in objs]
+    return [replace(o, y=CANVAS - o.y - o.px) for o in objs]
+
+
+def test_evaluator_scores_zero_on_deliberately_wrong_renders(scenes):
+    rng = np.random.default_rng(1)
+    n = {"colour": 0, "count": 0, "position": 0, "extra": 0}
+    for meta, objs in scenes:
+        bad = []
+        if any("color" in r for r in meta["include"]):
+            bad.append(("colour", _wrong_colour(meta, objs)))
+        if len(objs) > 1:
+            bad.append(("count", objs[1:]))
+        rel = next((r["position"][0] for r in meta["include"] if "position" in r), None)
+        if rel:
+            bad.append(("position", _mirror(objs, "x" if rel in ("left of", "right of") else "y")))
+        extra, _ = perturb(objs, rng, "extra_object")
+        if len(extra) > len(objs):
+            bad.append(("extra", extra))
+        for kind, wrong in bad:
+            assert not evaluate(render(wrong), meta)[0], (kind, meta["prompt"])
+            n[kind] += 1
+    assert min(n.values()) >= 100, n
+
+
+def test_grammar_round_trips_every_prompt_and_tags_it():
+    for tag in TAGS:
+        for s in _structures(tag):
+            assert parse_prompt(s.text()) == s
+            assert s.tag() == tag
+
+
+def test_splits_are_disjoint_and_cover_every_category():
+    for tag in TAGS:
+        train, held = prompt_pool(tag, "train"), prompt_pool(tag, "eval")
+        assert train and held
+        assert not {s.key() for s in train} & {s.key() for s in held}
+        assert len(train) + len(held) == len(_structures(tag))
+    # mirrored relations share a key, so a held-out relation is not seen mirrored in training
+    s = parse_prompt("a photo of a circle to the left of a square")
+    assert s.key() == parse_prompt("a photo of a square to the right of a circle").key()
+
+
+def test_sampling_is_seeded():
+    assert make_prompts(50, "train", 3) == make_prompts(50, "train", 3)
+    m = make_prompts(1, "train", 3)[0]
+    assert sample_scene(m, np.random.default_rng(5)) == sample_scene(m, np.random.default_rng(5))
+
+
+@pytest.mark.parametrize("kind", PERTURBATIONS)
+def test_captions_of_imperfect_images_are_truthful(kind):
+    rng = np.random.default_rng(2)
+    for meta in make_prompts(60, "train", 2):
+        objs, frags = perturb(sample_scene(meta, rng), rng, kind)
+        parse = detect(render(objs, fragments=frags))
+        caption = describe(parse.objects, parse.fragments)
+        assert check(parse_prompt(caption).meta(), parse.objects)[0], caption
+        assert ("with noise" in caption) == (len(frags) > 0)
+
+
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("", "empty prompt"),
+        ("a photo of a red banana", "unknown word 'banana'"),
+        ("a photo of two circle", "plural shape"),
+        ("an image of a circle", "unknown word 'an'"),
+    ],
+)
+def test_bad_prompts_are_named(text, msg):
+    with pytest.raises(PromptError, match=msg):
+        parse_prompt(text)
+
+
+def test_prompt_files_round_trip_and_errors_name_file_and_line(tmp_path):
+    metas = make_prompts(20, "eval", 0)
+    path = tmp_path / "p.jsonl"
+    save_prompts(path, metas)
+    assert load_prompts(path) == metas
+    lines = path.read_text().splitlines()
+    for bad, msg in [
+        ("", "p.jsonl:2: empty line"),
+        ("{not json", "p.jsonl:2: not valid JSON"),
+        ('{"prompt": "a photo of a circle"}', "p.jsonl:2: missing field 'include'"),
+        ('{"prompt": "a photo of a dog", "include": []}', "p.jsonl:2: unknown word 'dog'"),
+    ]:
+        path.write_text("\n".join([lines[0], bad, lines[2]]) + "\n")
+        with pytest.raises(PromptError, match=msg):
+            load_prompts(path)

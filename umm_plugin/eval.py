@@ -1,0 +1,146 @@
+"""`umm-plugin eval`: a GenEval-style report of a ShapesWorld UMM's generation, understanding and the gap between.
+
+- generation: images for held-out (eval-split) prompts, decoded by the diffusion head, judged by the exact evaluator;
+- understanding: the model's greedy captions of ground-truth renders of the same prompts, read back through the
+  prompt grammar and checked against the scene (a caption must name every object, counts and stated colours right);
+- own generations: the same caption check against the evaluator's parse of the model's *own* images, and how well
+  the GvU reward (the model's p(prompt | its image), one pass) separates correct from wrong generations (ROC AUC).
+"""
+
+import numpy as np
+import torch
+
+from umm_plugin.models.diffusion_head import render_codes
+from umm_plugin.models.generation import generate_image_tokens, left_pad
+from umm_plugin.models.umm import DESCRIBE
+from umm_plugin.rewards.gvu import gvu_reward
+from umm_plugin.worlds.evaluator import accuracy_table, check, detect, evaluate
+from umm_plugin.worlds.grammar import PromptError, make_prompts, parse_prompt, sample_scene
+from umm_plugin.worlds.scene import render
+
+CHUNK = 100
+
+
+def roc_auc(scores, labels) -> float:
+    """P(score of a positive > score of a negative), ties count half (Mann-Whitney U / n_pos n_neg)."""
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head_steps=4):
+    """Image codes and head-decoded pixels for prompts, in chunks; seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    uncond = model.generation_prompt("")
+    codes = []
+    for i in range(0, len(prompts), CHUNK):
+        part = [model.generation_prompt(p) for p in prompts[i : i + CHUNK]]
+        codes.append(
+            generate_image_tokens(
+                model.backbone,
+                model.layout,
+                part,
+                [uncond] * len(part),
+                cfg_scale,
+                temperature,
+                generator=gen,
+                pad_id=model.tokenizer.pad_token_id,
+            )
+        )
+    codes = torch.cat(codes)
+    images = np.concatenate(
+        [
+            render_codes(model.head, model.scheduler, codes[i : i + CHUNK], head_steps, gen)
+            for i in range(0, len(codes), CHUNK)
+        ]
+    )
+    return codes, images
+
+
+@torch.no_grad()
+def captions(model, codes, max_new_tokens: int = 40) -> list[str]:
+    """Greedy answers to the describe-instruction for each image."""
+    out = []
+    eos, pad = model.tokenizer.eos_token_id, model.tokenizer.pad_token_id
+    for i in range(0, len(codes), CHUNK):
+        ids, mask = left_pad([model.chat(c, DESCRIBE) for c in codes[i : i + CHUNK]], pad)
+        seq = model.backbone.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )[:, ids.shape[1] :]
+        for row in seq.tolist():
+            row = row[: row.index(eos)] if eos in row else row
+            out.append(" ".join(model.tokenizer.convert_ids_to_tokens(row)))
+    return out
+
+
+def caption_correct(caption: str, objects) -> bool:
+    try:
+        return check(parse_prompt(caption).meta(), objects)[0]
+    except PromptError:
+        return False
+
+
+@torch.no_grad()
+def evaluate_model(model, n: int = 400, seed: int = 0, cfg_scale: float = 1.0, temperature: float = 1.0) -> dict:
+    metas = make_prompts(n, "eval", seed)
+    prompts, tags = [m["prompt"] for m in metas], [m["tag"] for m in metas]
+    codes, images = generate_images(model, prompts, cfg_scale, temperature, seed)
+    gen_ok = [evaluate(img, m)[0] for img, m in zip(images, metas)]
+
+    rng = np.random.default_rng(seed)
+    truth = [sample_scene(m, rng) for m in metas]
+    und_ok = [
+        caption_correct(c, objs)
+        for c, objs in zip(captions(model, model.vq.encode(np.stack([render(o) for o in truth]))), truth)
+    ]
+
+    parses = [detect(img) for img in images]
+    own_caps = captions(model, model.vq.encode(images))
+    own_ok = [caption_correct(c, p.objects) for c, p in zip(own_caps, parses)]
+    rewards = {
+        eos: torch.cat(
+            [
+                gvu_reward(model, codes[i : i + CHUNK], prompts[i : i + CHUNK], include_eos=eos)
+                for i in range(0, n, CHUNK)
+            ]
+        )
+        for eos in (True, False)
+    }
+    gen_t, und_t = accuracy_table(tags, gen_ok), accuracy_table(tags, und_ok)
+    return {
+        "n": n,
+        "seed": seed,
+        "sampling": {"cfg_scale": cfg_scale, "temperature": temperature},
+        "generation": gen_t,
+        "understanding": und_t,
+        "gap": und_t["overall"] - gen_t["overall"],
+        "own_generations": {
+            "understanding": float(np.mean(own_ok)),
+            "objects_per_image": float(np.mean([len(p.objects) for p in parses])),
+            "gvu_reward_mean": float(rewards[True].mean()),
+            "gvu_auc_include_eos": roc_auc(rewards[True].numpy(), gen_ok),
+            "gvu_auc_prompt_only": roc_auc(rewards[False].numpy(), gen_ok),
+        },
+    }
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'category':<16}{'generation':>12}{'understanding':>15}"]
+    for tag in [t for t in r["generation"] if t not in ("overall", "micro")] + ["overall"]:
+        lines.append(f"{tag:<16}{r['generation'][tag]:>12.3f}{r['understanding'][tag]:>15.3f}")
+    o = r["own_generations"]
+    lines += [
+        f"gap (understanding - generation): {r['gap']:+.3f}   [n={r['n']}, eval split, seed {r['seed']}]",
+        f"on its own {r['n']} generations: understanding {o['understanding']:.3f}, objects/image "
+        f"{o['objects_per_image']:.2f}, GvU reward {o['gvu_reward_mean']:.3f}, reward-vs-correct AUC "
+        f"{o['gvu_auc_include_eos']:.3f} (include_eos) / {o['gvu_auc_prompt_only']:.3f} (prompt only)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""Pretraining the tiny ShapesWorld UMM on CPU: visual tokenizer, AR backbone, diffusion head, in minutes.
+
+Every batch mixes the skills the three recipes need: generation (prompt -> image codes, prompt dropped 10% of the
+time for CFG), understanding (image -> caption), and R3's reason (prompt -> <think> plan </think> image), reflect
+((prompt, image) -> "no further edit needed" or an edit) and refine ((image, edit) -> image). Half the captions are
+of imperfect images (world perturbations, and from the last third on the model's own samples), captioned from the
+evaluator's parse of what is really there: a judge that only saw clean scenes is blind to junk and gets reward-hacked
+(DESIGN.md, "Measured on this machine"). `gap` sets the generation share of the batch: `weak` gives the GvU paper's
+weak base (understanding well ahead of generation), `regular` a stronger generator at the same cost.
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from umm_plugin.models.diffusion_head import flow_matching_loss
+from umm_plugin.models.generation import generate_image_tokens
+from umm_plugin.models.umm import DESCRIBE, UMM
+from umm_plugin.models.visual_tokenizer import PatchVQ
+from umm_plugin.worlds.evaluator import check, detect
+from umm_plugin.worlds.grammar import WORDS, describe, make_prompts, sample_scene
+from umm_plugin.worlds.scene import CANVAS, perturb, render
+
+NO_EDIT = "no further edit needed"
+GAPS = {"weak": 0.25, "regular": 0.5}  # generation share of each batch
+MICRO_BATCH = 16
+
+
+@dataclass
+class PretrainConfig:
+    out: str = field(metadata={"help": "Directory the model is saved to (HF format)."})
+    gap: str = field(default="weak", metadata={"help": "weak: understanding well ahead of generation; regular."})
+    seed: int = field(default=0, metadata={"help": "Seeds the world, the initialisation and the batches."})
+    steps: int = field(default=1000, metadata={"help": "Backbone optimisation steps."})
+    batch_size: int = field(default=64, metadata={"help": "Sequences per step."})
+    lr: float = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW, linear warm-up, cosine decay)."})
+    hidden: int = field(default=128, metadata={"help": "Backbone hidden size (Qwen2)."})
+    layers: int = field(default=4, metadata={"help": "Backbone layers."})
+    r3_share: float = field(default=0.15, metadata={"help": "Share of each batch for R3's reason/reflect/refine."})
+    own_samples_from: float = field(
+        default=2 / 3, metadata={"help": "Fraction of training after which captions also cover the model's samples."}
+    )
+    head_steps: int = field(default=100, metadata={"help": "Diffusion-head flow-matching steps."})
+    tokenizer_scenes: int = field(default=2000, metadata={"help": "Scenes the visual tokenizer's codebook is fit on."})
+    threads: int = field(default=0, metadata={"help": "torch threads; 0 keeps torch's default."})
+
+    def __post_init__(self):
+        if self.gap not in GAPS:
+            raise ValueError(f"gap={self.gap!r}: use one of {', '.join(GAPS)}")
+        for name in ("steps", "batch_size", "hidden", "layers", "tokenizer_scenes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if not 0 <= self.r3_share < 1 - GAPS[self.gap]:
+            raise ValueError(f"r3_share={self.r3_share} must leave room for generation and captions")
+
+
+def plan_text(objects) -> str:
+    """R3's plan for a scene: every object with size, colour, shape and where it goes, in reading order."""
+    rows, cols = ("top", "middle", "bottom"), ("left", "center", "right")
+
+    def where(o):
+        cx, cy = (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
+        return rows[min(2, int(3 * cy / CANVAS))], cols[min(2, int(3 * cx / CANVAS))]
+
+    ordered = sorted(objects, key=lambda o: (o.box[1] // 8, o.box[0]))
+    parts = [f"a {o.size} {o.color} {o.shape} at {' '.join(where(o))}" for o in ordered]
+    return "<think> " + " , ".join(parts) + " </think>"
+
+
+def edit_pair(meta, objects, rng):
+    """(image objects shown to the model, the right reflect answer, the refined objects) for one prompt."""
+    kind = ("none", "extra_object", "drop_object", "recolor", "reshape")[rng.integers(5)]
+    if kind == "none":
+        return objects, NO_EDIT, objects
+    bad, _ = perturb(objects, rng, kind)
+    if check(meta, bad)[0]:  # the perturbation did not break the prompt: nothing to fix
+        return bad, NO_EDIT, bad
+    gone = [o for o in objects if o not in bad]
+    new = [o for o in bad if o not in objects]
+    if kind == "extra_object":
+        answer = f"remove a {new[0].color} {new[0].shape}"
+    elif kind == "drop_object":
+        answer = f"add a {gone[0].color} {gone[0].shape}"
+    elif kind == "recolor":
+        answer = f"make the {new[0].color} {new[0].shape} {gone[0].color}"
+    else:
+        answer = f"make the {new[0].color} {new[0].shape} a {gone[0].shape}"
+    return bad, answer, objects
+
+
+class Batcher:
+    """Builds (input ids, loss mask) rows for every pretraining task from freshly sampled scenes."""
+
+    def __init__(self, model: UMM, cfg: PretrainConfig, rng: np.random.Generator):
+        self.m, self.cfg, self.rng = model, cfg, rng
+        self.prompts = make_prompts(20000, "train", cfg.seed)
+        self.own = []  # (codes, caption) of the model's own samples
+
+    def meta(self):
+        return self.prompts[self.rng.integers(len(self.prompts))]
+
+    def codes(self, objects, fragments=()):
+        return self.m.vq.encode(render(objects, fragments=fragments)[None])[0]
+
+    def row(self, context, answer):
+        return context + answer, [0] * len(context) + [1] * len(answer)
+
+    def generation(self):
+        meta = self.meta()
+        prompt = "" if self.rng.random() < 0.1 else meta["prompt"]
+        codes = self.codes(sample_scene(meta, self.rng))
+        return self.row(self.m.generation_prompt(prompt), self.image_answer(codes))
+
+    def image_answer(self, codes):
+        lay = self.m.layout
+        return [lay.image_offset + int(c) for c in codes] + [lay.eom, self.m.tokenizer.eos_token_id]
+
+    def caption(self, imperfect: bool):
+        meta = self.meta()
+        objects = sample_scene(meta, self.rng)
+        if not imperfect:
+            codes, text = self.codes(objects), meta["prompt"]
+        elif self.own and self.rng.random() < 0.5:
+            codes, text = self.own[self.rng.integers(len(self.own))]
+        else:
+            objects, fragments = perturb(objects, self.rng)
+            codes, text = self.codes(objects, fragments), describe(objects, len(fragments))
+        return self.row(self.m.chat(codes, DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
+
+    def reason(self):
+        meta = self.meta()
+        objects = sample_scene(meta, self.rng)
+        answer = self.m.ids(plan_text(objects)) + self.m.layout.image_prefix() + self.image_answer(self.codes(objects))
+        return self.row(self.m.chat(f"generate : {meta['prompt']}"), answer)
+
+    def reflect_or_refine(self, refine: bool):
+        meta = self.meta()
+        shown, answer, fixed = edit_pair(meta, sample_scene(meta, self.rng), self.rng)
+        if not refine:
+            ans = self.m.ids(answer) + [self.m.tokenizer.eos_token_id]
+            return self.row(self.m.chat(self.codes(shown), f"check : {meta['prompt']}"), ans)
+        if answer == NO_EDIT:  # refine only learns real edits
+            return self.reflect_or_refine(refine)
+        context = self.m.chat(self.codes(shown), f"edit : {answer}", answer_prefix=self.m.layout.image_prefix())
+        return self.row(context, self.image_answer(self.codes(fixed)))
+
+    def batch(self):
+        b, gen = self.cfg.batch_size, GAPS[self.cfg.gap]
+        n_gen, n_r3 = round(b * gen), round(b * self.cfg.r3_share)
+        n_cap = b - n_gen - n_r3
+        rows = [self.generation() for _ in range(n_gen)]
+        rows += [self.caption(imperfect=i % 2 == 1) for i in range(n_cap)]
+        r3 = (self.reason, lambda: self.reflect_or_refine(False), lambda: self.reflect_or_refine(True))
+        rows += [r3[i % 3]() for i in range(n_r3)]
+        return rows
+
+    @torch.no_grad()
+    def refresh_own_samples(self, n: int = 32):
+        """Caption the model's own current samples truthfully (from the evaluator's parse of the decoded image)."""
+        metas = [self.meta() for _ in range(n)]
+        codes = generate_image_tokens(
+            self.m.backbone, self.m.layout, [self.m.generation_prompt(x["prompt"]) for x in metas]
+        )
+        images = self.m.vq.decode(codes)
+        for c, img in zip(codes, images):
+            p = detect(img)
+            self.own.append((c, describe(p.objects, p.fragments)))
+        self.own = self.own[-256:]
+
+
+def lm_loss(backbone, rows) -> torch.Tensor:
+    """Mean over sequences of each sequence's mean next-token loss on its answer tokens (tasks weigh per sample)."""
+    n = max(len(r[0]) for r in rows)
+    ids = torch.zeros((len(rows), n), dtype=torch.long)
+    attn, lmask = torch.zeros_like(ids), torch.zeros((len(rows), n), dtype=torch.float)
+    for i, (seq, m) in enumerate(rows):
+        ids[i, : len(seq)], attn[i, : len(seq)], lmask[i, : len(seq)] = (
+            torch.tensor(seq),
+            1,
+            torch.tensor(m, dtype=torch.float),
+        )
+    logits = backbone(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    w = lmask[:, 1:]
+    return ((nll * w).sum(1) / w.sum(1)).mean()
+
+
+def pretrain(cfg: PretrainConfig, log=print) -> UMM:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    # 1. visual tokenizer, fit on clean and perturbed scenes of the train split
+    images = []
+    for meta in make_prompts(cfg.tokenizer_scenes, "train", cfg.seed + 1):
+        objects = sample_scene(meta, rng)
+        images.append(render(objects))
+        bad, frags = perturb(objects, rng)
+        images.append(render(bad, fragments=frags))
+    vq = PatchVQ.fit(np.stack(images))
+    model = UMM.build(WORDS, vq, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
+    log(
+        f"visual tokenizer: {vq.num_codes} codes ({time.time() - t0:.0f}s); backbone "
+        f"{sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f}M params"
+    )
+
+    # 2. backbone
+    batcher = Batcher(model, cfg, rng)
+    bb = model.backbone.train()
+    opt = torch.optim.AdamW(bb.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
+    )
+    logf = open(out / "pretrain_log.jsonl", "w")
+    own_from = int(cfg.steps * cfg.own_samples_from)
+    bar = tqdm(range(cfg.steps), desc="backbone", mininterval=2)
+    for step in bar:
+        if step >= own_from and (step - own_from) % 25 == 0:
+            bb.eval()
+            batcher.refresh_own_samples()
+            bb.train()
+        # Micro-batches of similar length: padding every row to the longest (refine, ~150 tokens) costs 2x.
+        rows = sorted(batcher.batch(), key=lambda r: len(r[0]))
+        loss = 0.0
+        for i in range(0, len(rows), MICRO_BATCH):
+            part = rows[i : i + MICRO_BATCH]
+            micro = lm_loss(bb, part) * len(part) / len(rows)
+            micro.backward()
+            loss += micro.item()
+        torch.nn.utils.clip_grad_norm_(bb.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        bar.set_postfix(loss=f"{loss:.3f}")
+        logf.write(json.dumps({"part": "backbone", "step": step, "loss": loss, "time": time.time() - t0}) + "\n")
+    bb.eval()
+
+    # 3. diffusion head: flow matching on codebook renders
+    head = model.head.train()
+    hopt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for step in tqdm(range(cfg.head_steps), desc="diffusion head", mininterval=2):
+        idx = rng.integers(len(images), size=32)
+        codes = vq.encode(np.stack([images[i] for i in idx]))
+        loss = flow_matching_loss(head, model.scheduler, codes, vq.decode(codes), generator=gen)
+        hopt.zero_grad(set_to_none=True)
+        loss.backward()
+        hopt.step()
+        logf.write(json.dumps({"part": "head", "step": step, "loss": loss.item(), "time": time.time() - t0}) + "\n")
+    head.eval()
+    logf.close()
+    model.save_pretrained(out)
+    (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    log(f"saved {out} after {time.time() - t0:.0f}s")
+    return model

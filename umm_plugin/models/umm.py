@@ -1,0 +1,183 @@
+"""The unified multimodal model: text tokenizer + visual tokenizer + AR backbone + diffusion head, in one directory.
+
+Layout on disk (one HF-format directory, no pickle, no remote code):
+    config.json, model.safetensors        the backbone, a stock `transformers` Qwen2ForCausalLM
+    tokenizer.json, tokenizer_config.json the text tokenizer (word level, built locally), image codes included
+    umm_config.json                       the image layout (X-Omni: image token id = text vocab size + code)
+    visual_tokenizer/                     image <-> codes
+    diffusion_head/, scheduler/           a diffusers model + FlowMatchEulerDiscreteScheduler, codes -> pixels
+The backbone directory is what vLLM or `AutoModelForCausalLM.from_pretrained` loads; everything image-specific sits
+beside it. Chat layout (no system message at this size): `<user> ... <assistant> ...`, and an image is
+`<SOM> h w <IMAGE> codes... <EOM>` as in X-Omni.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from umm_plugin.models.diffusion_head import DiffusionHead, make_scheduler
+from umm_plugin.models.visual_tokenizer import PatchVQ
+
+SPECIALS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>", "<SOM>", "<EOM>", "<IMAGE>", "<think>", "</think>"]
+# Words of the instructions the tiny model is trained on (the world's own words come from its grammar).
+TASK_WORDS = "generate : describe the image . check edit no further needed add remove make at top middle bottom center"
+FORMAT = "umm-plugin/1"
+DESCRIBE = "describe the image ."  # the understanding instruction: captions, GvU's judge
+
+
+class ModelError(ValueError):
+    """A model directory or model input that cannot be used; the message says what and what to do."""
+
+
+def image_code_token(code: int) -> str:
+    return f"<img_{code}>"
+
+
+def build_tokenizer(words, num_codes: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: specials, digits, `words`, then one token per image code (ids = text vocab + code)."""
+    text = list(dict.fromkeys(SPECIALS + [str(d) for d in range(10)] + TASK_WORDS.split() + list(words)))
+    vocab = {w: i for i, w in enumerate(text + [image_code_token(c) for c in range(num_codes)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side="left"
+    )
+
+
+@dataclass
+class ImageLayout:
+    """Where images live in the vocabulary and how an image is written in a sequence."""
+
+    image_offset: int  # id of code 0 = size of the text vocabulary
+    num_codes: int
+    grid: int
+    som: int
+    eom: int
+    image: int
+    size_ids: tuple[int, int]  # the "h w" tokens
+
+    def image_prefix(self) -> list[int]:
+        return [self.som, *self.size_ids, self.image]
+
+    def wrap(self, codes) -> list[int]:
+        return self.image_prefix() + [self.image_offset + int(c) for c in codes] + [self.eom]
+
+
+class UMM:
+    def __init__(self, backbone: Qwen2ForCausalLM, tokenizer, vq: PatchVQ, head: DiffusionHead, scheduler):
+        self.backbone, self.tokenizer, self.vq, self.head, self.scheduler = backbone, tokenizer, vq, head, scheduler
+        ids = tokenizer.convert_tokens_to_ids
+        g = str(vq.grid)
+        self.layout = ImageLayout(
+            ids(image_code_token(0)),
+            vq.num_codes,
+            vq.grid,
+            ids("<SOM>"),
+            ids("<EOM>"),
+            ids("<IMAGE>"),
+            (ids(g), ids(g)),
+        )
+        self.words = set(tokenizer.get_vocab()) - {image_code_token(c) for c in range(vq.num_codes)}
+
+    @classmethod
+    def build(cls, words, vq: PatchVQ, hidden: int = 128, layers: int = 4, heads: int = 4, seed: int = 0) -> "UMM":
+        """A randomly initialised model (seeded) around a fitted visual tokenizer."""
+        torch.manual_seed(seed)
+        tokenizer = build_tokenizer(words, vq.num_codes)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=hidden * 3,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+        )
+        backbone = Qwen2ForCausalLM(config).eval()
+        head = DiffusionHead(num_codes=vq.num_codes, grid=vq.grid, patch=vq.patch).eval()
+        head.set_codebook(vq)
+        return cls(backbone, tokenizer, vq, head, make_scheduler())
+
+    # ---- text ----
+    def ids(self, text: str) -> list[int]:
+        """Token ids of whitespace-separated words; an unknown word is an error naming it, never <unk>."""
+        words = text.split()
+        unknown = [w for w in words if w not in self.words]
+        if unknown:
+            raise ModelError(f"unknown word {unknown[0]!r} in {text!r}: this model's vocabulary does not have it")
+        return self.tokenizer.convert_tokens_to_ids(words)
+
+    def chat(self, *user_parts, answer_prefix=()) -> list[int]:
+        """`<user> parts <assistant> answer_prefix` where a part is text or a 1-D tensor of image codes."""
+        ids = [self.tokenizer.convert_tokens_to_ids("<user>")]
+        for part in user_parts:
+            ids += self.ids(part) if isinstance(part, str) else self.layout.wrap(part)
+        return ids + [self.tokenizer.convert_tokens_to_ids("<assistant>")] + list(answer_prefix)
+
+    def generation_prompt(self, prompt: str) -> list[int]:
+        """Ids up to and including <IMAGE>: the model continues with grid*grid codes. '' is the CFG unconditional."""
+        if prompt and not prompt.split():
+            raise ModelError("empty prompt: give a text prompt such as 'a photo of a red circle'")
+        return self.chat(f"generate : {prompt}".strip(), answer_prefix=self.layout.image_prefix())
+
+    # ---- persistence ----
+    def save_pretrained(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        self.vq.save_pretrained(path / "visual_tokenizer")
+        self.head.save_pretrained(path / "diffusion_head", safe_serialization=True)
+        self.scheduler.save_pretrained(path / "scheduler")
+        layout = {k: v for k, v in self.layout.__dict__.items()}
+        (path / "umm_config.json").write_text(json.dumps({"format": FORMAT, **layout}, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, path) -> "UMM":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelError(
+                f"model directory {path} not found: create one with `umm-plugin shapes pretrain --out {path}`"
+            )
+        for need in ("umm_config.json", "config.json", "model.safetensors", "tokenizer.json"):
+            if not (path / need).is_file():
+                raise ModelError(f"model directory {path} has no {need}: it is not a complete umm-plugin model")
+        try:
+            meta = json.loads((path / "umm_config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{path / 'umm_config.json'} is not valid JSON ({e.msg})") from None
+        if meta.get("format") != FORMAT:
+            raise ModelError(f"{path / 'umm_config.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        parts = {}
+        for name, load in (
+            ("backbone", lambda: Qwen2ForCausalLM.from_pretrained(path).eval()),
+            ("tokenizer", lambda: PreTrainedTokenizerFast.from_pretrained(path)),
+            ("visual_tokenizer", lambda: PatchVQ.from_pretrained(path / "visual_tokenizer")),
+            ("diffusion_head", lambda: DiffusionHead.from_pretrained(path / "diffusion_head").eval()),
+            ("scheduler", lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")),
+        ):
+            try:
+                parts[name] = load()
+            except Exception as e:  # a corrupt or partial file anywhere: name the part, not a torch frame
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelError(f"cannot load the {name} from {path}: {first}") from None
+        model = cls(
+            parts["backbone"],
+            parts["tokenizer"],
+            parts["visual_tokenizer"],
+            parts["diffusion_head"],
+            parts["scheduler"],
+        )
+        if model.layout.image_offset != meta["image_offset"] or model.layout.num_codes != meta["num_codes"]:
+            raise ModelError(f"{path}: tokenizer and umm_config.json disagree on the image layout; re-save the model")
+        return model
