@@ -7,9 +7,11 @@ the problem and exit 2; they never surface as a stack trace from inside torch.
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 
 
 def _dataclass_args(parser, cls):
@@ -136,8 +138,13 @@ def run(args) -> None:
 
 
 def main(argv=None) -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Import-time chatter of optional backends (bitsandbytes' CPU kernels, flash-attn's missing CUDA part) is not
+    # the user's problem; our own errors stay one line on stderr.
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 

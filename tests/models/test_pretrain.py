@@ -13,7 +13,7 @@ def test_pretrain_runs_every_task_and_saves_a_loadable_model(pretrained_dir):
     log = [json.loads(line) for line in (pretrained_dir / "pretrain_log.jsonl").read_text().splitlines()]
     backbone = [r["loss"] for r in log if r["part"] == "backbone"]
     assert len(backbone) == 40 and np.isfinite(backbone).all()
-    assert np.mean(backbone[-5:]) < 0.6 * np.mean(backbone[:5])  # it learns
+    assert np.mean(backbone[-5:]) < 0.7 * np.mean(backbone[:5])  # it learns
     assert sum(r["part"] == "head" for r in log) == 5
     model = UMM.from_pretrained(pretrained_dir)
     assert model.backbone.config.hidden_size == 32
