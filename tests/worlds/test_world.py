@@ -103,9 +103,11 @@ def test_captions_of_imperfect_images_are_truthful(kind):
     for meta in make_prompts(60, "train", 2):
         objs, frags = perturb(sample_scene(meta, rng), rng, kind)
         parse = detect(render(objs, fragments=frags))
-        caption = describe(parse.objects, parse.fragments)
-        assert check(parse_prompt(caption).meta(), parse.objects)[0], caption
-        assert ("with noise" in caption) == (len(frags) > 0)
+        for colors in (True, False):
+            caption = describe(parse.objects, parse.fragments, colors=colors)
+            assert check(parse_prompt(caption).meta(), parse.objects)[0], caption
+            assert ("with noise" in caption) == (len(frags) > 0)
+            assert any(c in caption for c in COLOR_NAMES) == (colors and bool(parse.objects))
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from umm_plugin.worlds.scene import CANVAS, perturb, render
 NO_EDIT = "no further edit needed"
 GAPS = {"weak": 0.25, "regular": 0.5}  # generation share of each batch
 MICRO_BATCH = 16
+OWN_EVERY = 10  # steps between refreshes of the pool of the model's own samples
 
 
 @dataclass
@@ -44,7 +45,10 @@ class PretrainConfig:
     layers: int = field(default=4, metadata={"help": "Backbone layers."})
     r3_share: float = field(default=0.15, metadata={"help": "Share of each batch for R3's reason/reflect/refine."})
     own_samples_from: float = field(
-        default=2 / 3, metadata={"help": "Fraction of training after which captions also cover the model's samples."}
+        default=0.3, metadata={"help": "Fraction of training after which captions also cover the model's samples."}
+    )
+    own_share: float = field(
+        default=0.6, metadata={"help": "Share of imperfect-image captions taken from the model's own samples."}
     )
     head_steps: int = field(default=100, metadata={"help": "Diffusion-head flow-matching steps."})
     tokenizer_scenes: int = field(default=2000, metadata={"help": "Scenes the visual tokenizer's codebook is fit on."})
@@ -56,6 +60,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "hidden", "layers", "tokenizer_scenes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if not (0 <= self.own_samples_from <= 1 and 0 <= self.own_share <= 1):
+            raise ValueError("own_samples_from and own_share are fractions in [0, 1]")
         if not 0 <= self.r3_share < 1 - GAPS[self.gap]:
             raise ValueError(f"r3_share={self.r3_share} must leave room for generation and captions")
 
@@ -100,7 +106,7 @@ class Batcher:
     def __init__(self, model: UMM, cfg: PretrainConfig, rng: np.random.Generator):
         self.m, self.cfg, self.rng = model, cfg, rng
         self.prompts = make_prompts(20000, "train", cfg.seed)
-        self.own = []  # (codes, caption) of the model's own samples
+        self.own = []  # (codes, objects, fragments) of the model's own samples, as the evaluator parses them
 
     def meta(self):
         return self.prompts[self.rng.integers(len(self.prompts))]
@@ -122,15 +128,20 @@ class Batcher:
         return [lay.image_offset + int(c) for c in codes] + [lay.eom, self.m.tokenizer.eos_token_id]
 
     def caption(self, imperfect: bool):
+        """A clean scene is captioned by its prompt half the time, else (like imperfect images) by a full listing of
+        what is there, with or without colours: the colour-free listing is what teaches counting of any scene."""
         meta = self.meta()
-        objects = sample_scene(meta, self.rng)
-        if not imperfect:
-            codes, text = self.codes(objects), meta["prompt"]
-        elif self.own and self.rng.random() < 0.5:
-            codes, text = self.own[self.rng.integers(len(self.own))]
+        objects, fragments = sample_scene(meta, self.rng), []
+        if imperfect and self.own and self.rng.random() < self.cfg.own_share:
+            codes, objects, fragments = self.own[self.rng.integers(len(self.own))]
         else:
-            objects, fragments = perturb(objects, self.rng)
-            codes, text = self.codes(objects, fragments), describe(objects, len(fragments))
+            if imperfect:
+                objects, fragments = perturb(objects, self.rng)
+            codes = self.codes(objects, fragments)
+        if not imperfect and self.rng.random() < 0.5:
+            text = meta["prompt"]
+        else:
+            text = describe(objects, len(fragments), colors=self.rng.random() < 0.5)
         return self.row(self.m.chat(codes, DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
 
     def reason(self):
@@ -170,7 +181,7 @@ class Batcher:
         images = self.m.vq.decode(codes)
         for c, img in zip(codes, images):
             p = detect(img)
-            self.own.append((c, describe(p.objects, p.fragments)))
+            self.own.append((c, p.objects, [None] * p.fragments))
         self.own = self.own[-256:]
 
 
@@ -225,7 +236,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
     own_from = int(cfg.steps * cfg.own_samples_from)
     bar = tqdm(range(cfg.steps), desc="backbone", mininterval=2)
     for step in bar:
-        if step >= own_from and (step - own_from) % 25 == 0:
+        if step >= own_from and (step - own_from) % OWN_EVERY == 0:
             bb.eval()
             batcher.refresh_own_samples()
             bb.train()

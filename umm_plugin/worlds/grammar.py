@@ -263,13 +263,14 @@ def sample_scene(meta: dict, rng: np.random.Generator):
     raise PromptError(f"no ShapesWorld scene fits prompt {meta['prompt']!r}")
 
 
-def describe(objects, fragments: int = 0) -> str:
-    """A truthful caption of what is in an image (from the evaluator's parse): every object, grouped by colour and
-    shape in a fixed order, plus 'with noise' when specks are present."""
-    counts: dict[tuple[str, str], int] = {}
+def describe(objects, fragments: int = 0, colors: bool = True) -> str:
+    """A truthful caption of what is in an image (from the evaluator's parse): every object, grouped by shape (and
+    colour, with `colors`) in a fixed order, plus 'with noise' when specks are present."""
+    counts: dict[tuple[str, str | None], int] = {}
     for o in objects:
-        counts[(o.shape, o.color)] = counts.get((o.shape, o.color), 0) + 1
-    order = sorted(counts, key=lambda k: (SHAPES.index(k[0]), COLOR_NAMES.index(k[1])))
+        key = (o.shape, o.color if colors else None)
+        counts[key] = counts.get(key, 0) + 1
+    order = sorted(counts, key=lambda k: (SHAPES.index(k[0]), COLOR_NAMES.index(k[1]) if k[1] else 0))
     groups = tuple(Group(min(counts[k], len(NUMBERS)), k[0], k[1]) for k in order)
     return Structure(groups, noise=fragments > 0).text()
 

@@ -90,18 +90,17 @@ def place(
         objects = list(fixed)
         for i, (shape, color, size) in enumerate(specs):
             s = SIZES[size]
-            lo, hi = np.zeros(2, dtype=int), np.full(2, canvas - s + 1)
+            lo, hi = [0, 0], [canvas - s + 1] * 2  # top-left corners in [lo, hi) per axis
             if halves is not None:
                 axis, side = halves[i]
                 lo[axis], hi[axis] = (0, canvas // 2 - s + 1) if side == 0 else (canvas // 2, canvas - s + 1)
-            lo, hi = -(-lo // ALIGN), (hi - 1) // ALIGN + 1  # grid cells whose corner lies in [lo, hi)
-            for _ in range(50):
-                x, y = (ALIGN * int(v) for v in rng.integers(lo, hi))
-                if not _overlaps((x, y, x + s, y + s), [o.box for o in objects]):
-                    objects.append(Obj(shape, color, size, x, y))
-                    break
-            else:
+            xs, ys = (range(-(-a // ALIGN) * ALIGN, b, ALIGN) for a, b in zip(lo, hi))
+            boxes = [o.box for o in objects]
+            free = [(x, y) for x in xs for y in ys if not _overlaps((x, y, x + s, y + s), boxes)]
+            if not free:
                 break
+            x, y = free[rng.integers(len(free))]
+            objects.append(Obj(shape, color, size, x, y))
         if len(objects) == len(fixed) + len(specs) and (accept is None or accept(objects)):
             return objects
     return None
