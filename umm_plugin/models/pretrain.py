@@ -106,7 +106,7 @@ class Batcher:
     def __init__(self, model: UMM, cfg: PretrainConfig, rng: np.random.Generator):
         self.m, self.cfg, self.rng = model, cfg, rng
         self.prompts = make_prompts(20000, "train", cfg.seed)
-        self.own = []  # (codes, objects, fragments) of the model's own samples, as the evaluator parses them
+        self.own = []  # (codes, objects, fragment count) of the model's own samples, as the evaluator parses them
 
     def meta(self):
         return self.prompts[self.rng.integers(len(self.prompts))]
@@ -133,15 +133,15 @@ class Batcher:
         meta = self.meta()
         objects, fragments = sample_scene(meta, self.rng), []
         if imperfect and self.own and self.rng.random() < self.cfg.own_share:
-            codes, objects, fragments = self.own[self.rng.integers(len(self.own))]
+            codes, objects, n_fragments = self.own[self.rng.integers(len(self.own))]
         else:
             if imperfect:
                 objects, fragments = perturb(objects, self.rng)
-            codes = self.codes(objects, fragments)
+            codes, n_fragments = self.codes(objects, fragments), len(fragments)
         if not imperfect and self.rng.random() < 0.5:
             text = meta["prompt"]
         else:
-            text = describe(objects, len(fragments), colors=self.rng.random() < 0.5)
+            text = describe(objects, n_fragments, colors=self.rng.random() < 0.5)
         return self.row(self.m.chat(codes, DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
 
     def reason(self):
@@ -181,7 +181,7 @@ class Batcher:
         images = self.m.vq.decode(codes)
         for c, img in zip(codes, images):
             p = detect(img)
-            self.own.append((c, p.objects, [None] * p.fragments))
+            self.own.append((c, p.objects, p.fragments))
         self.own = self.own[-256:]
 
 
@@ -191,11 +191,9 @@ def lm_loss(backbone, rows) -> torch.Tensor:
     ids = torch.zeros((len(rows), n), dtype=torch.long)
     attn, lmask = torch.zeros_like(ids), torch.zeros((len(rows), n), dtype=torch.float)
     for i, (seq, m) in enumerate(rows):
-        ids[i, : len(seq)], attn[i, : len(seq)], lmask[i, : len(seq)] = (
-            torch.tensor(seq),
-            1,
-            torch.tensor(m, dtype=torch.float),
-        )
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        lmask[i, : len(seq)] = torch.tensor(m, dtype=torch.float)
     logits = backbone(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     w = lmask[:, 1:]
