@@ -9,6 +9,7 @@ unconditional prompts as extra rows of the same batch; HF runs its UnbatchedClas
 
 import argparse
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -55,7 +56,9 @@ def main():
         model = UMM.build(WORDS, vq, hidden=128, layers=4)
     lay, bb = model.layout, model.backbone
     # same-length prompts, so HF's CFG processor (which ignores left padding in its own branch) is exact
-    prompts = [m["prompt"] for m in make_prompts(2000, "train", 0) if len(m["prompt"].split()) == 7][: args.batch]
+    pool = [m["prompt"] for m in make_prompts(2000, "train", 0)]
+    common = Counter(len(p.split()) for p in pool).most_common(1)[0][0]
+    prompts = [p for p in pool if len(p.split()) == common][: args.batch]
     rows = [model.generation_prompt(p) for p in prompts]
     uncond = [model.generation_prompt("")] * len(rows)
     ids, mask = left_pad(rows, model.tokenizer.pad_token_id)

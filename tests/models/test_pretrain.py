@@ -41,7 +41,7 @@ def test_plan_names_every_object_in_reading_order():
     assert plan.count(" at ") == len(objs)
 
 
-@pytest.mark.parametrize("bad", [{"gap": "huge"}, {"steps": 0}, {"r3_share": 0.9}])
+@pytest.mark.parametrize("bad", [{"gap": "huge"}, {"steps": 0}, {"r3_share": 0.9}, {"own_share": 1.5}])
 def test_config_checks(bad):
     with pytest.raises(ValueError):
         PretrainConfig(out="x", **bad)

@@ -2,8 +2,8 @@
 
 Every batch mixes the skills the three recipes need: generation (prompt -> image codes, prompt dropped 10% of the
 time for CFG), understanding (image -> caption), and R3's reason (prompt -> <think> plan </think> image), reflect
-((prompt, image) -> "no further edit needed" or an edit) and refine ((image, edit) -> image). Half the captions are
-of imperfect images (world perturbations, and from the last third on the model's own samples), captioned from the
+((prompt, image) -> "no further edit needed" or an edit) and refine ((image, edit) -> image). Most captions are of
+imperfect images (world perturbations, and from 30% of training on the model's own samples), captioned from the
 evaluator's parse of what is really there: a judge that only saw clean scenes is blind to junk and gets reward-hacked
 (DESIGN.md, "Measured on this machine"). `gap` sets the generation share of the batch: `weak` gives the GvU paper's
 weak base (understanding well ahead of generation), `regular` a stronger generator at the same cost.
@@ -47,6 +47,9 @@ class PretrainConfig:
     own_samples_from: float = field(
         default=0.3, metadata={"help": "Fraction of training after which captions also cover the model's samples."}
     )
+    imperfect_share: float = field(
+        default=0.6, metadata={"help": "Share of captions that are of imperfect images (perturbed or own samples)."}
+    )
     own_share: float = field(
         default=0.6, metadata={"help": "Share of imperfect-image captions taken from the model's own samples."}
     )
@@ -60,8 +63,9 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "hidden", "layers", "tokenizer_scenes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if not (0 <= self.own_samples_from <= 1 and 0 <= self.own_share <= 1):
-            raise ValueError("own_samples_from and own_share are fractions in [0, 1]")
+        for name in ("own_samples_from", "own_share", "imperfect_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a fraction in [0, 1]")
         if not 0 <= self.r3_share < 1 - GAPS[self.gap]:
             raise ValueError(f"r3_share={self.r3_share} must leave room for generation and captions")
 
@@ -166,7 +170,7 @@ class Batcher:
         n_gen, n_r3 = round(b * gen), round(b * self.cfg.r3_share)
         n_cap = b - n_gen - n_r3
         rows = [self.generation() for _ in range(n_gen)]
-        rows += [self.caption(imperfect=i % 2 == 1) for i in range(n_cap)]
+        rows += [self.caption(imperfect=self.rng.random() < self.cfg.imperfect_share) for _ in range(n_cap)]
         r3 = (self.reason, lambda: self.reflect_or_refine(False), lambda: self.reflect_or_refine(True))
         rows += [r3[i % 3]() for i in range(n_r3)]
         return rows
