@@ -139,3 +139,12 @@ def test_prompt_files_round_trip_and_errors_name_file_and_line(tmp_path):
         path.write_text("\n".join([lines[0], bad, lines[2]]) + "\n")
         with pytest.raises(PromptError, match=msg):
             load_prompts(path)
+
+
+def test_describe_refuses_counts_the_grammar_cannot_say():
+    from umm_plugin.worlds.scene import Obj
+
+    crowd = [Obj("square", "red", "small", 0, 0)] * 9
+    with pytest.raises(PromptError, match="grammar counts to 8"):
+        describe(crowd)
+    assert describe(crowd[:8]) == "a photo of eight red squares"

@@ -12,6 +12,7 @@ weak base (understanding well ahead of generation), `regular` a stronger generat
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from umm_plugin.models.generation import generate_image_tokens
 from umm_plugin.models.umm import DESCRIBE, UMM
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.evaluator import check, detect
-from umm_plugin.worlds.grammar import WORDS, describe, make_prompts, sample_scene
+from umm_plugin.worlds.grammar import NUMBERS, WORDS, describe, make_prompts, sample_scene
 from umm_plugin.worlds.scene import CANVAS, perturb, render
 
 NO_EDIT = "no further edit needed"
@@ -111,6 +112,7 @@ class Batcher:
         self.m, self.cfg, self.rng = model, cfg, rng
         self.prompts = make_prompts(20000, "train", cfg.seed)
         self.own = []  # (codes, objects, fragment count) of the model's own samples, as the evaluator parses them
+        self.too_crowded = 0
 
     def meta(self):
         return self.prompts[self.rng.integers(len(self.prompts))]
@@ -185,6 +187,9 @@ class Batcher:
         images = self.m.vq.decode(codes)
         for c, img in zip(codes, images):
             p = detect(img)
+            if max(Counter(o.shape for o in p.objects).values(), default=0) > len(NUMBERS):
+                self.too_crowded += 1  # the grammar cannot count that high; reported at the end of pretraining
+                continue
             self.own.append((c, p.objects, p.fragments))
         self.own = self.own[-256:]
 
@@ -274,5 +279,5 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
     logf.close()
     model.save_pretrained(out)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    log(f"saved {out} after {time.time() - t0:.0f}s")
+    log(f"saved {out} after {time.time() - t0:.0f}s ({batcher.too_crowded} own samples too crowded to caption)")
     return model

@@ -271,7 +271,9 @@ def describe(objects, fragments: int = 0, colors: bool = True) -> str:
         key = (o.shape, o.color if colors else None)
         counts[key] = counts.get(key, 0) + 1
     order = sorted(counts, key=lambda k: (SHAPES.index(k[0]), COLOR_NAMES.index(k[1]) if k[1] else 0))
-    groups = tuple(Group(min(counts[k], len(NUMBERS)), k[0], k[1]) for k in order)
+    if max(counts.values(), default=0) > len(NUMBERS):
+        raise PromptError(f"cannot caption {max(counts.values())} alike objects: the grammar counts to {len(NUMBERS)}")
+    groups = tuple(Group(counts[k], k[0], k[1]) for k in order)
     return Structure(groups, noise=fragments > 0).text()
 
 
