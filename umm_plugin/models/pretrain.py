@@ -12,7 +12,6 @@ weak base (understanding well ahead of generation), `regular` a stronger generat
 import json
 import math
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from umm_plugin.models.generation import generate_image_tokens
 from umm_plugin.models.umm import DESCRIBE, UMM
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.evaluator import check, detect
-from umm_plugin.worlds.grammar import NUMBERS, WORDS, describe, make_prompts, sample_scene
+from umm_plugin.worlds.grammar import WORDS, PromptError, describe, make_prompts, sample_scene
 from umm_plugin.worlds.scene import CANVAS, perturb, render
 
 NO_EDIT = "no further edit needed"
@@ -136,11 +135,11 @@ class Batcher:
     def caption(self, imperfect: bool):
         """A clean scene is captioned by its prompt half the time, else (like imperfect images) by a full listing of
         what is there, with or without colours: the colour-free listing is what teaches counting of any scene."""
-        meta = self.meta()
-        objects, fragments = sample_scene(meta, self.rng), []
         if imperfect and self.own and self.rng.random() < self.cfg.own_share:
             codes, objects, n_fragments = self.own[self.rng.integers(len(self.own))]
         else:
+            meta = self.meta()
+            objects, fragments = sample_scene(meta, self.rng), []
             if imperfect:
                 objects, fragments = perturb(objects, self.rng)
             codes, n_fragments = self.codes(objects, fragments), len(fragments)
@@ -187,8 +186,10 @@ class Batcher:
         images = self.m.vq.decode(codes)
         for c, img in zip(codes, images):
             p = detect(img)
-            if max(Counter(o.shape for o in p.objects).values(), default=0) > len(NUMBERS):
-                self.too_crowded += 1  # the grammar cannot count that high; reported at the end of pretraining
+            try:  # the colour-free listing has the largest counts: if it can be said, every caption can
+                describe(p.objects, colors=False)
+            except PromptError:
+                self.too_crowded += 1  # reported at the end of pretraining
                 continue
             self.own.append((c, p.objects, p.fragments))
         self.own = self.own[-256:]
