@@ -2,7 +2,7 @@
 # Install umm-plugin with OpenRLHF 0.11.2 into a venv (default .venv; UMM_VENV overrides) on a CPU machine.
 # torch is pinned to the CPU wheel on disk (an unpinned torch pulls a multi-GB CUDA build); flash-attn is installed
 # as its pure-Python part (no CUDA build) because OpenRLHF requires it; vLLM is not installed (no CPU wheel).
-# Idempotent: a second run only checks what is there.
+# Then applies patches/ to the installed OpenRLHF. Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${UMM_VENV:-.venv}
@@ -18,4 +18,6 @@ site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 [ -f "$site/flash_attn_2_cuda.py" ] || echo "# CPU stand-in: flash-attn's CUDA kernels are not built here." > "$site/flash_attn_2_cuda.py"
 pip_install -e ".[test]"
 "$VENV/bin/python" -c "import torch, openrlhf, umm_plugin; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# OpenRLHF's missing extension points (plugins, CPU device, rollout-engine factory, estimators, fp32): patches/
+"$VENV/bin/umm-plugin" patch-openrlhf
 echo "umm-plugin installed in $VENV"

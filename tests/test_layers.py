@@ -3,7 +3,7 @@ from pathlib import Path
 
 import umm_plugin
 
-RANK = {"worlds": 0, "models": 1, "rewards": 2, "algos": 3, "openrlhf": 4}
+RANK = {"worlds": 0, "models": 1, "rewards": 2, "eval": 3, "algos": 3, "openrlhf": 4}  # eval: ShapesWorld reports
 ROOT = Path(umm_plugin.__file__).parent
 
 

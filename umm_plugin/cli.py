@@ -42,6 +42,12 @@ def build_parser():
     chk.add_argument("--seed", type=int, default=0)
     chk.add_argument("--model", help="Also check this model's visual tokenizer and diffusion head.")
 
+    prm = shapes.add_parser("prompts", help="Write a GenEval-format JSONL prompt file (train or held-out split).")
+    prm.add_argument("--split", choices=("train", "eval"), default="train")
+    prm.add_argument("--n", type=int, default=1000, help="Prompts, cycling through the categories.")
+    prm.add_argument("--seed", type=int, default=0)
+    prm.add_argument("--out", required=True)
+
     gen = sub.add_parser("generate", help="Sample images for a prompt into a PNG grid.")
     gen.add_argument("--model", required=True, help="Model directory.")
     gen.add_argument("--prompt", required=True)
@@ -58,6 +64,11 @@ def build_parser():
     ev.add_argument("--cfg-scale", type=float, default=1.0)
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--json", help="Also write the report here.")
+
+    pat = sub.add_parser("patch-openrlhf", help="Apply patches/ to the installed OpenRLHF (idempotent).")
+    mode = pat.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="Only report; exit 1 unless every patch is applied.")
+    mode.add_argument("--revert", action="store_true", help="Undo every applied patch.")
     return p
 
 
@@ -91,21 +102,6 @@ def shapes_check(n: int, seed: int, model_dir: str | None) -> dict:
     return report
 
 
-def save_grid(images, caption: str, path: str, scale: int = 4) -> None:
-    from PIL import Image, ImageDraw
-
-    h, w = images[0].shape[:2]
-    cols = min(4, len(images))
-    rows = (len(images) + cols - 1) // cols
-    pad, top = 4, 16
-    grid = Image.new("RGB", (cols * (w * scale + pad) + pad, rows * (h * scale + pad) + pad + top), "white")
-    for i, img in enumerate(images):
-        tile = Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST)
-        grid.paste(tile, (pad + (i % cols) * (w * scale + pad), top + pad + (i // cols) * (h * scale + pad)))
-    ImageDraw.Draw(grid).text((pad, 2), caption, fill="black")
-    grid.save(path)
-
-
 def run(args) -> None:
     from umm_plugin.models.pretrain import PretrainConfig, pretrain
     from umm_plugin.models.umm import UMM
@@ -116,14 +112,29 @@ def run(args) -> None:
         pretrain(cfg)
     elif args.cmd == "shapes" and args.shapes_cmd == "check":
         print(json.dumps(shapes_check(args.n, args.seed, args.model)))
+    elif args.cmd == "shapes" and args.shapes_cmd == "prompts":
+        from umm_plugin.worlds.grammar import make_prompts, save_prompts
+
+        save_prompts(args.out, make_prompts(args.n, args.split, args.seed))
+        print(f"wrote {args.out} ({args.n} {args.split} prompts)")
     elif args.cmd == "generate":
-        from umm_plugin.eval import generate_images
+        from umm_plugin.eval import generate_images, save_grid
 
         parse_prompt(args.prompt)  # ShapesWorld prompts: a clear error before any model work
         model = UMM.from_pretrained(args.model)
         _, images = generate_images(model, [args.prompt] * args.n, args.cfg_scale, args.temperature, args.seed)
         save_grid(images, args.prompt, args.out)
         print(f"wrote {args.out} ({args.n} images)")
+    elif args.cmd == "patch-openrlhf":
+        from umm_plugin.openrlhf import patching
+
+        root, files = patching.site_root(), patching.patch_files()
+        if args.check:
+            k = patching.applied_count(root, files)
+            print(json.dumps({"openrlhf": str(root / "openrlhf"), "applied": [p.name for p in files[:k]]}))
+            sys.exit(0 if k == len(files) else 1)
+        done = patching.revert(root, files) if args.revert else patching.apply(root, files)
+        print(f"{'reverted' if args.revert else 'applied'} {len(done)} of {len(files)} patches in {root / 'openrlhf'}")
     elif args.cmd == "eval":
         from umm_plugin.eval import evaluate_model, format_report
 
@@ -149,12 +160,13 @@ def main(argv=None) -> None:
     from transformers.utils import logging as hf_logging
 
     from umm_plugin.models.umm import ModelError
+    from umm_plugin.openrlhf.patching import PatchError
     from umm_plugin.worlds.grammar import PromptError
 
     hf_logging.disable_progress_bar()
     try:
         run(args)
-    except (PromptError, ModelError, ValueError, FileNotFoundError) as e:
+    except (PromptError, ModelError, PatchError, ValueError, FileNotFoundError) as e:
         print(f"umm-plugin: error: {e}", file=sys.stderr)
         sys.exit(2)
 

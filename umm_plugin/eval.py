@@ -60,6 +60,48 @@ def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head
     return codes, images
 
 
+def save_grid(images, caption: str, path, scale: int = 4) -> None:
+    from PIL import Image, ImageDraw
+
+    h, w = images[0].shape[:2]
+    cols = min(4, len(images))
+    rows = (len(images) + cols - 1) // cols
+    pad, top = 4, 16
+    grid = Image.new("RGB", (cols * (w * scale + pad) + pad, rows * (h * scale + pad) + pad + top), "white")
+    for i, img in enumerate(images):
+        tile = Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST)
+        grid.paste(tile, (pad + (i % cols) * (w * scale + pad), top + pad + (i // cols) * (h * scale + pad)))
+    ImageDraw.Draw(grid).text((pad, 2), caption, fill="black")
+    grid.save(path)
+
+
+@torch.no_grad()
+def shapes_rollout_stats(model, n: int, include_eos: bool, judge=None, seed: int = 0):
+    """Held-out generation accuracy with the reward-hacking indicators an RL run logs beside the reward.
+
+    Returns (stats, images): accuracy, mean GvU reward (judged by `judge`, default the model's backbone), reward-vs-
+    correctness AUC, objects per image, share of images with more objects than the prompt asks for; the images are
+    in eval-prompt order, so their first few form the fixed-prompt grid."""
+    metas = make_prompts(n, "eval", seed)
+    prompts = [m["prompt"] for m in metas]
+    codes, images = generate_images(model, prompts, seed=seed)
+    ok = np.array([evaluate(img, m)[0] for img, m in zip(images, metas)])
+    objects = np.array([len(detect(img).objects) for img in images])
+    wanted = np.array([sum(r["count"] for r in m["include"]) for m in metas])
+    parts = [
+        gvu_reward(model, codes[i : i + CHUNK], prompts[i : i + CHUNK], include_eos, judge) for i in range(0, n, CHUNK)
+    ]
+    rewards = torch.cat(parts).numpy()
+    stats = {
+        "accuracy": float(ok.mean()),
+        "reward": float(rewards.mean()),
+        "auc": roc_auc(rewards, ok),
+        "objects_per_image": float(objects.mean()),
+        "extra_object_rate": float((objects > wanted).mean()),
+    }
+    return stats, images
+
+
 @torch.no_grad()
 def captions(model, codes, max_new_tokens: int = 40) -> list[str]:
     """Greedy answers to the describe-instruction for each image."""

@@ -1,0 +1,136 @@
+"""The UMM rollout engine and the GvU executor, in-process (no Ray): the calls OpenRLHF makes, checked in numbers."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from openrlhf.utils.sampling_params import SamplingParams
+
+import umm_plugin.openrlhf.gvu_agent as gvu_agent
+from umm_plugin.models.generation import continuation_logprobs, generate_image_tokens
+from umm_plugin.models.umm import DESCRIBE, UMM
+from umm_plugin.openrlhf.engine import UMMRolloutEngine, _lora_config
+from umm_plugin.rewards.gvu import gvu_reward
+
+PROMPTS = ["a photo of a red circle", "a photo of two blue squares", "a photo of a green triangle"]
+
+
+def _image_params(umm, temperature=0.0):
+    lay = umm.layout
+    return SamplingParams(
+        temperature=temperature,
+        max_tokens=lay.grid**2,
+        allowed_token_ids=list(range(lay.image_offset, lay.image_offset + lay.num_codes)),
+    )
+
+
+async def _gather(*coros):
+    return await asyncio.gather(*coros)
+
+
+@pytest.fixture
+def umm_flags(monkeypatch):
+    def set_flags(**flags):
+        monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({f"umm.{k}": v for k, v in flags.items()}))
+
+    set_flags()
+    return set_flags
+
+
+def test_concurrent_requests_are_batched_and_match_the_direct_calls(pretrained_dir, umm_flags):
+    engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=None)
+    umm = engine.umm
+    gen_ids = [umm.generation_prompt(p) for p in PROMPTS]
+    codes = torch.randint(0, umm.layout.num_codes, (2, umm.layout.grid**2), generator=torch.Generator().manual_seed(1))
+    contexts = [umm.chat(c, DESCRIBE) for c in codes]
+    targets = [umm.ids(PROMPTS[0]) + [umm.tokenizer.eos_token_id], umm.ids(PROMPTS[1])]
+    score = SamplingParams(max_tokens=1, prompt_logprobs=0)
+    outs = asyncio.run(
+        _gather(
+            *[engine.generate(ids, _image_params(umm)) for ids in gen_ids],
+            *[engine.generate(c + t, score) for c, t in zip(contexts, targets)],
+        )
+    )
+    # greedy image tokens: the same as one direct batched call of the KV-cache generator
+    direct = generate_image_tokens(umm.backbone, umm.layout, gen_ids, temperature=0.0, pad_id=0)
+    for out, row in zip(outs[:3], direct):
+        assert out.outputs[0].token_ids == (row + umm.layout.image_offset).tolist()
+    # prompt_logprobs over the target positions: the one-pass continuation log-probs
+    ref, mask = continuation_logprobs(umm.backbone, contexts, targets, pad_id=umm.tokenizer.pad_token_id)
+    for out, c, t, r, m in zip(outs[3:], contexts, targets, ref, mask):
+        assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(c) + len(t)
+        got = torch.tensor([d[tok].logprob for d, tok in zip(out.prompt_logprobs[len(c) :], t)])
+        assert torch.allclose(got, r[m], atol=1e-5)
+
+
+def test_engine_rejects_requests_it_cannot_serve(pretrained_dir, umm_flags):
+    engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=None)
+    ids = engine.umm.generation_prompt(PROMPTS[0])
+    with pytest.raises(ValueError, match="image-token generation"):
+        asyncio.run(engine.generate(ids, SamplingParams(max_tokens=5)))
+    with pytest.raises(ValueError, match="logprobs"):
+        asyncio.run(engine.generate(ids, SamplingParams(max_tokens=5, logprobs=1)))
+
+
+@pytest.mark.parametrize("include_eos", [True, False])
+def test_gvu_executor_reward_equals_the_one_pass_reward(pretrained_dir, umm_flags, include_eos):
+    umm_flags(include_eos=include_eos)
+    engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=gvu_agent.__file__)
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    results = asyncio.run(engine.generate_responses(PROMPTS[1], "two_object", params, 2048, None, num_samples=4))
+    umm = engine.umm
+    lay = umm.layout
+    n_prompt = len(umm.generation_prompt(PROMPTS[1]))
+    codes = torch.tensor([r["observation_tokens"][n_prompt:] for r in results]) - lay.image_offset
+    assert codes.shape == (4, lay.grid**2) and codes.min() >= 0 and codes.max() < lay.num_codes
+    assert all(r["action_ranges"] == [(n_prompt, n_prompt + lay.grid**2)] for r in results)
+    expected = gvu_reward(umm, codes, [PROMPTS[1]] * 4, include_eos=include_eos)
+    got = torch.tensor([r["reward"] for r in results])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert len(set(got.tolist())) > 1  # four different samples, four different rewards
+    for r in results:
+        assert set(r["extra_logs"]) == {"gvu_reward", "shapes_accuracy", "objects_per_image", "extra_objects"}
+    assert len(engine.records) == 4
+
+
+def test_judge_reference_scores_with_lora_off_on_the_same_weights(pretrained_dir, umm_flags):
+    from types import SimpleNamespace
+
+    lora = SimpleNamespace(rank=4, alpha=8, target_modules="all-linear", dropout=0.0)
+    engine = UMMRolloutEngine(
+        str(pretrained_dir), 0, None, lora=_lora_config(SimpleNamespace(ds=SimpleNamespace(lora=lora)))
+    )
+    with torch.no_grad():  # a trained adapter: B != 0
+        for name, p in engine.params.items():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    base = UMM.from_pretrained(pretrained_dir)
+    c = torch.arange(base.layout.grid**2) % base.layout.num_codes
+    seq = base.chat(c, DESCRIBE) + base.ids(PROMPTS[0])
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+    ref, pol = asyncio.run(_gather(engine.generate(seq, params, use_adapter=False), engine.generate(seq, params)))
+    lp = lambda out: torch.tensor([d[t].logprob for d, t in zip(out.prompt_logprobs[1:], seq[1:])])  # noqa: E731
+    with torch.no_grad():
+        direct = torch.log_softmax(base.backbone(torch.tensor([seq])).logits[0, :-1].float(), -1)
+    direct = direct.gather(-1, torch.tensor(seq[1:])[:, None]).squeeze(-1)
+    assert torch.allclose(lp(ref), direct, atol=1e-5)  # adapter off = the base model exactly
+    assert (lp(pol) - direct).abs().max() > 1e-2  # adapter on = the policy, not the base
+    n_backbone = sum(p.numel() for p in base.backbone.parameters())
+    n_engine = sum(p.numel() for n, p in engine.umm.backbone.named_parameters() if "lora_" not in n)
+    assert n_engine == n_backbone  # one copy of the backbone weights serves both judges
+
+
+def test_engine_evaluation_writes_curve_grid_and_a_loadable_checkpoint(pretrained_dir, umm_flags, tmp_path):
+    umm_flags(eval_n=16, eval_steps=1)
+    engine = UMMRolloutEngine(str(pretrained_dir), 0, None, log_dir=str(tmp_path))
+    engine.record({"gvu_reward": 0.25, "shapes_accuracy": 0.0})
+    row = engine.evaluate_and_save()
+    assert 0 <= row["accuracy"] <= 1 and 0 < row["reward"] <= 1 and row["train_gvu_reward"] == 0.25
+    lines = (tmp_path / "curve.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("step,accuracy,reward")  # init eval + this one
+    assert (tmp_path / "curve.png").is_file() and (tmp_path / "grid_00000.png").is_file()
+    assert not (Path(tmp_path) / ".policy.tmp").exists()
+    again = UMM.from_pretrained(tmp_path / "policy")
+    assert all(torch.equal(a, b) for a, b in zip(again.backbone.parameters(), engine.umm.backbone.parameters()))

@@ -1,0 +1,305 @@
+"""A rollout engine for OpenRLHF that serves a ShapesWorld/HF UMM on CPU: `--rollout.engine
+umm_plugin.openrlhf.engine:create_engines` (patches/0003).
+
+It is a Ray actor answering the calls OpenRLHF and rollout executors make on vLLM's RolloutRayActor: `generate`
+(token ids + SamplingParams -> a vLLM-shaped RequestOutput, with `prompt_logprobs` and `allowed_token_ids`),
+`generate_responses` (runs the `--train.agent_func_path` executor), weight updates broadcast by the actor after each
+step (`init_process_group` / `update_weight`, gloo), and no-op sleep/wake/prefix-cache calls. Concurrent `generate`
+calls (the G samples of every prompt in flight) are gathered into one batch: image-token requests run through the
+KV-cache generator, scoring requests (prompt_logprobs) through one teacher-forced pass.
+
+Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary, max_tokens = the
+grid) and scoring only; `generate(..., use_adapter=False)` runs the LoRA-free reference weights, which is how
+`judge=reference` costs no second copy of the backbone. Every `--umm.eval_steps` weight syncs it evaluates its
+current weights (= the actor's) on held-out ShapesWorld prompts and saves them as a complete UMM directory.
+"""
+
+import asyncio
+import contextlib
+import copy
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from umm_plugin.models.generation import generate_image_tokens
+from umm_plugin.models.umm import UMM
+
+BATCH_WINDOW_S = 0.005  # how long a first request waits for others to join its batch
+GRID = 8  # the first eval prompts, drawn at every evaluation
+
+
+@dataclass
+class Logprob:
+    logprob: float
+
+
+@dataclass
+class Completion:
+    token_ids: list
+    text: str = ""
+    finish_reason: str = "length"
+    logprobs: list | None = None
+
+
+@dataclass
+class RequestOutput:
+    prompt_token_ids: list
+    outputs: list
+    prompt_logprobs: list | None = None
+
+
+@dataclass
+class _Request:
+    ids: list
+    params: object
+    use_adapter: bool
+    future: asyncio.Future = field(repr=False)
+
+
+def _lora_config(args):
+    from peft import LoraConfig, TaskType
+
+    lora = args.ds.lora
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        target_modules=lora.target_modules,
+        lora_dropout=lora.dropout,
+        bias="none",
+    )
+
+
+class UMMRolloutEngine:
+    def __init__(self, model_dir: str, seed: int, agent_func_path: str | None, lora=None, log_dir=None, index=0):
+        from umm_plugin.openrlhf.plugin import umm_config
+
+        self.cfg = umm_config()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.kwargs = {"model": model_dir}  # what executors read on vLLM's actor too
+        self.umm = UMM.from_pretrained(model_dir)
+        if lora is not None:
+            from peft import get_peft_model
+
+            self.umm.backbone = get_peft_model(self.umm.backbone, lora).eval()
+        self.params = dict(self.umm.backbone.named_parameters())
+        self.generator = torch.Generator().manual_seed(seed + index)
+        self.executor = None
+        if agent_func_path:
+            from openrlhf.trainer.ray.vllm_engine import _load_agent_executor
+
+            self.executor = _load_agent_executor(agent_func_path)
+        self.pending: list[_Request] = []
+        self.lock = asyncio.Lock()
+        self.group = None
+        self.syncs = 0
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.records: list[dict] = []  # per-rollout stats the executor reports, flushed into the curve
+        if self.log_dir is not None and index == 0 and self.cfg.eval_steps:
+            self.evaluate_and_save()
+
+    # ---- generation ----
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None, use_adapter=True):
+        if multi_modal_data:
+            raise ValueError("the UMM engine takes images as tokens in the prompt, not multi_modal_data")
+        loop = asyncio.get_running_loop()
+        req = _Request(list(prompt_token_ids), sampling_params, use_adapter, loop.create_future())
+        self.pending.append(req)
+        if len(self.pending) == 1:
+            loop.create_task(self._flush())
+        return await req.future
+
+    async def _flush(self):
+        await asyncio.sleep(BATCH_WINDOW_S)
+        async with self.lock:
+            batch, self.pending = self.pending, []
+            if not batch:
+                return
+            try:
+                outputs = await asyncio.to_thread(self._run, batch)
+            except Exception as e:  # every waiting executor sees the error, not a hang
+                for r in batch:
+                    r.future.set_exception(e)
+                return
+            for r, out in zip(batch, outputs):
+                r.future.set_result(out)
+
+    def _adapter(self, on: bool):
+        lora = hasattr(self.umm.backbone, "disable_adapter")
+        return self.umm.backbone.disable_adapter() if lora and not on else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _run(self, batch: list[_Request]) -> list[RequestOutput]:
+        out = [None] * len(batch)
+        groups = {}
+        for i, r in enumerate(batch):
+            p = r.params
+            if getattr(p, "logprobs", None) is not None:
+                raise ValueError("the UMM engine does not return sampled-token logprobs; leave logprobs unset")
+            kind = "score" if getattr(p, "prompt_logprobs", None) is not None else "image"
+            key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0))
+            groups.setdefault(key, []).append(i)
+        for (kind, adapter, temperature, top_k, min_p), idx in groups.items():
+            with self._adapter(adapter):
+                if kind == "score":
+                    for i, res in zip(idx, self._score([batch[i] for i in idx])):
+                        out[i] = res
+                else:
+                    self._check_image_request([batch[i] for i in idx])
+                    codes = generate_image_tokens(
+                        self.umm.backbone,
+                        self.umm.layout,
+                        [batch[i].ids for i in idx],
+                        temperature=temperature,
+                        top_k=max(0, top_k),
+                        min_p=min_p,
+                        generator=self.generator,
+                        pad_id=self.umm.tokenizer.pad_token_id,
+                    )
+                    for i, row in zip(idx, codes):
+                        ids = (row + self.umm.layout.image_offset).tolist()
+                        out[i] = RequestOutput(batch[i].ids, [Completion(ids)])
+        return out
+
+    def _check_image_request(self, reqs):
+        lay = self.umm.layout
+        want = list(range(lay.image_offset, lay.image_offset + lay.num_codes))
+        for r in reqs:
+            if list(r.params.allowed_token_ids or []) != want or r.params.max_tokens != lay.grid**2:
+                raise ValueError(
+                    "the UMM engine serves image-token generation (allowed_token_ids = the image vocabulary, "
+                    f"max_tokens = {lay.grid**2}) and scoring (prompt_logprobs) only"
+                )
+
+    def _score(self, reqs) -> list[RequestOutput]:
+        """vLLM's prompt_logprobs: entry j holds log p(ids[j] | ids[<j]) (None for j = 0); one pass, right-padded."""
+        backbone, pad = self.umm.backbone, self.umm.tokenizer.pad_token_id
+        n = max(len(r.ids) for r in reqs)
+        ids = torch.full((len(reqs), n), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, r in enumerate(reqs):
+            ids[i, : len(r.ids)], attn[i, : len(r.ids)] = torch.tensor(r.ids), 1
+        logits = backbone(input_ids=ids, attention_mask=attn).logits.float()
+        logp = F.log_softmax(logits, -1)
+        taken = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+        out = []
+        for i, r in enumerate(reqs):
+            prompt_lp = [None] + [{t: Logprob(v)} for t, v in zip(r.ids[1:], taken[i, : len(r.ids) - 1].tolist())]
+            nxt = int(logits[i, len(r.ids) - 1].argmax())
+            out.append(RequestOutput(r.ids, [Completion([nxt])], prompt_lp))
+        return out
+
+    async def generate_responses(
+        self, prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=1, images=None
+    ):
+        tasks = [
+            self.executor.execute(
+                prompt=prompt,
+                label=label,
+                sampling_params=sampling_params,
+                max_length=max_length,
+                hf_tokenizer=hf_tokenizer,
+                llm_engine=self,
+                images=images,
+            )
+            for _ in range(num_samples)
+        ]
+        return await asyncio.gather(*tasks)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.pending)
+
+    def record(self, stats: dict) -> None:
+        self.records.append(stats)
+
+    # ---- weights from the actor ----
+    def init_process_group(self, master_address, master_port, rank_offset, world_size, group_name, backend, use_ray):
+        from openrlhf.utils.distributed_util import stateless_init_process_group
+
+        if backend != "gloo" or use_ray:
+            raise ValueError("the UMM engine syncs weights over gloo: pass --vllm.sync_backend gloo")
+        self.group = stateless_init_process_group(master_address, master_port, rank_offset, world_size, "cpu", backend)
+
+    def update_weight(self, name, dtype, shape, empty_cache=False):
+        if name not in self.params:
+            raise KeyError(f"weight {name!r} from the actor has no counterpart in the engine (LoRA settings differ?)")
+        weight = torch.empty(shape, dtype=dtype)
+        self.group.broadcast(weight, src=0)
+        with torch.no_grad():
+            self.params[name].copy_(weight)
+        if empty_cache:  # OpenRLHF flags the last weight of a sync
+            self.syncs += 1
+            if self.log_dir is not None and self.cfg.eval_steps and self.syncs % self.cfg.eval_steps == 0:
+                self.evaluate_and_save()
+
+    async def reset_prefix_cache(self):
+        pass
+
+    async def sleep(self, level=1):
+        pass
+
+    async def wake_up(self, tags=None):
+        pass
+
+    async def pause_generation(self):
+        pass
+
+    async def resume_generation(self):
+        pass
+
+    # ---- curves, grids and checkpoints ----
+    def merged(self) -> UMM:
+        """A copy of the current policy as a plain UMM (LoRA merged in)."""
+        model = copy.copy(self.umm)
+        if hasattr(self.umm.backbone, "merge_and_unload"):
+            model.backbone = copy.deepcopy(self.umm.backbone).merge_and_unload()
+        return model
+
+    def evaluate_and_save(self) -> dict:
+        from umm_plugin.eval import save_grid, shapes_rollout_stats
+        from umm_plugin.openrlhf.curves import append_curve
+
+        t0 = time.time()
+        model = self.merged()
+        with self._adapter(self.cfg.judge == "policy"):
+            stats, images = shapes_rollout_stats(model, self.cfg.eval_n, self.cfg.include_eos, self.umm.backbone)
+        row = {"step": self.syncs, **stats}
+        for key in self.records[0] if self.records else ():
+            row[f"train_{key}"] = float(np.mean([r[key] for r in self.records]))
+        self.records = []
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        caption = f"step {self.syncs}: held-out accuracy {stats['accuracy']:.3f}, reward {stats['reward']:.3f}"
+        save_grid(images[:GRID], caption, self.log_dir / f"grid_{self.syncs:05d}.png")
+        append_curve(self.log_dir, row)
+        tmp, final = self.log_dir / ".policy.tmp", self.log_dir / "policy"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)  # complete before it replaces the last one: never a half-written checkpoint
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        row["eval_seconds"] = round(time.time() - t0, 1)
+        return row
+
+
+def create_engines(args, shared_pg=None):
+    """`--rollout.engine` factory: `--vllm.num_engines` UMM engines, 1 CPU each."""
+    import ray
+
+    from umm_plugin.openrlhf.plugin import umm_config
+
+    cfg = umm_config()
+    log_dir = cfg.log_dir or str(Path(args.ckpt.output_dir) / "umm")
+    lora = _lora_config(args) if args.ds.lora.rank > 0 else None
+    actor = ray.remote(UMMRolloutEngine)
+    return [
+        actor.options(num_cpus=1, num_gpus=0).remote(
+            args.actor.model_name_or_path, args.train.seed, args.train.agent_func_path, lora, log_dir, i
+        )
+        for i in range(max(1, args.vllm.num_engines or 1))
+    ]

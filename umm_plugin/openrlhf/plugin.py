@@ -1,0 +1,113 @@
+"""The OpenRLHF plugin entry: `--plugins umm_plugin.openrlhf.plugin:register` (needs `umm-plugin patch-openrlhf`).
+
+`register(parser)` runs in the driver before parsing and `register(None)` in every Ray worker. It adds the `--umm.*`
+flags (GvUConfig's fields), registers the `gvu_grpo` advantage estimator, and returns a check that validates the
+flags, the model directory and the prompt file before Ray starts, so bad input fails in one line, not in a worker.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from umm_plugin.algos.grpo import group_advantages
+
+JUDGES = ("policy", "reference")
+
+
+@dataclass
+class GvUConfig:
+    judge: str = field(
+        default="policy",
+        metadata={
+            "help": "Weights that score: policy (the current LoRA policy, as the authors' code) or reference "
+            "(LoRA off: the base model, no second copy)."
+        },
+    )
+    include_eos: bool = field(
+        default=True,
+        metadata={"help": "Score the end token after the prompt too, so extra objects cost reward (authors: false)."},
+    )
+    reencode: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode with the diffusion head and re-tokenize before judging (authors' way) instead of "
+            "judging the generated codes."
+        },
+    )
+    eps: float = field(default=1e-4, metadata={"help": "GRPO advantage denominator: std + eps (GvU: 1e-4)."})
+    top_k: int = field(default=0, metadata={"help": "Image-token sampling top-k (0 = off)."})
+    min_p: float = field(default=0.03, metadata={"help": "Image-token sampling min-p (GvU: 0.03)."})
+    eval_steps: int = field(
+        default=10, metadata={"help": "Every this many weight syncs the engine evaluates on held-out prompts."}
+    )
+    eval_n: int = field(default=200, metadata={"help": "Held-out ShapesWorld prompts per evaluation."})
+    log_dir: str = field(
+        default="", metadata={"help": "Curves, grids and engine checkpoints; '' = <ckpt.output_dir>/umm."}
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads in the rollout engine (0 = torch's default)."})
+
+    def __post_init__(self):
+        if self.judge not in JUDGES:
+            raise ValueError(f"--umm.judge {self.judge!r}: use one of {', '.join(JUDGES)}")
+        if self.eps <= 0:
+            raise ValueError(f"--umm.eps {self.eps} must be positive")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"--umm.min_p {self.min_p} must be in [0, 1)")
+        for name in ("top_k", "eval_steps", "eval_n", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--umm.{name} {getattr(self, name)} must not be negative")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+    return text.lower() in ("true", "1")
+
+
+def umm_config() -> GvUConfig:
+    """The run's GvUConfig, in any process (from the flags the driver exported)."""
+    from openrlhf.utils.plugins import plugin_args
+
+    umm = getattr(plugin_args(), "umm", None)
+    return GvUConfig(**vars(umm)) if umm is not None else GvUConfig()
+
+
+def gvu_grpo(rewards: torch.Tensor):
+    """The `gvu_grpo` estimator: GvU's group normalisation; zero-variance groups logged per sample."""
+    adv, flat = group_advantages(rewards.float(), umm_config().eps)
+    return adv, {"zero_variance_group": flat.float()}
+
+
+def check(parser, args) -> None:
+    """Driver side, before Ray starts: every problem a user can fix becomes one parser error line."""
+    from umm_plugin.models.umm import UMM, ModelError
+    from umm_plugin.worlds.grammar import PromptError, load_prompts
+
+    try:
+        cfg = GvUConfig(**vars(args.umm))
+        if cfg.judge == "reference" and args.ds.lora.rank <= 0:
+            raise ValueError("--umm.judge reference needs LoRA (--ds.lora.rank > 0): the reference is LoRA off")
+        model_dir = Path(args.actor.model_name_or_path or "")
+        if (model_dir / "umm_config.json").is_file():
+            UMM.from_pretrained(model_dir)
+            for path in (args.data.prompt_dataset, args.eval.dataset):
+                if path:  # GenEval JSONL, every prompt in the model's vocabulary; errors name file:line:field
+                    load_prompts(path)
+        elif not model_dir.is_dir():
+            raise ModelError(f"--actor.model_name_or_path {model_dir}: no such model directory")
+    except (ValueError, PromptError, ModelError) as e:
+        parser.error(str(e))
+
+
+def register(parser=None):
+    from openrlhf.trainer.ppo_utils.experience_maker import register_advantage_estimator
+
+    register_advantage_estimator("gvu_grpo", gvu_grpo)
+    if parser is None:
+        return None
+    for f in dataclasses.fields(GvUConfig):
+        kind = _bool if f.type in (bool, "bool") else type(f.default)
+        parser.add_argument(f"--umm.{f.name}", type=kind, default=f.default, help=f.metadata["help"])
+    return lambda args: check(parser, args)
