@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${UMM_PYTHON:-.venv/bin/python}
 BASE=${UMM_BASE:-runs/shapes-weak}
 SMOKE=0
-STEPS=150
+STEPS=300
 UMM_FLAGS=(--umm.include_eos true --umm.reencode false)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,7 +31,11 @@ if [ "$SMOKE" = 1 ]; then
   STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=16
 else
   OUT=${UMM_OUT:-runs/gvu}
-  PROMPTS=8; G=8; EVAL_STEPS=25; EVAL_N=400
+  PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=400
+fi
+if [ $((STEPS % EVAL_STEPS)) != 0 ]; then
+  echo "gvu.sh: --steps $STEPS must be a multiple of $EVAL_STEPS (the engine evaluates and saves every $EVAL_STEPS)" >&2
+  exit 2
 fi
 mkdir -p "$OUT"
 if [ ! -f "$BASE/umm_config.json" ]; then
@@ -58,7 +62,7 @@ export RAY_DEDUP_LOGS=0 TOKENIZERS_PARALLELISM=false
   --rollout.temperature 1.0 --actor.adam.lr 2e-4 --actor.lr_warmup_ratio 0 --actor.min_lr_ratio 1 \
   --actor.lr_scheduler constant_with_warmup \
   --ds.lora.rank 8 --ds.lora.alpha 32 --ds.lora.target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj \
-  --umm.judge policy --umm.eval_steps $EVAL_STEPS --umm.eval_n $EVAL_N --umm.log_dir "$OUT" "${UMM_FLAGS[@]}" \
+  --umm.judge policy --umm.threads 2 --umm.eval_steps $EVAL_STEPS --umm.eval_n $EVAL_N --umm.log_dir "$OUT" "${UMM_FLAGS[@]}" \
   --ckpt.output_dir "$OUT/actor" --ckpt.path "$OUT/ckpt" --ckpt.save_steps -1 \
   --logger.logging_steps 1 --train.seed 0 \
   "$@"

@@ -63,6 +63,8 @@ def build_parser():
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--cfg-scale", type=float, default=1.0)
     ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--top-k", type=int, default=0, help="Image-token top-k (0 = off).")
+    ev.add_argument("--min-p", type=float, default=0.0, help="Image-token min-p (0 = off; GvU rollouts use 0.03).")
     ev.add_argument("--json", help="Also write the report here.")
 
     pat = sub.add_parser("patch-openrlhf", help="Apply patches/ to the installed OpenRLHF (idempotent).")
@@ -140,7 +142,7 @@ def run(args) -> None:
 
         model = UMM.from_pretrained(args.model)
         t0 = time.time()
-        report = evaluate_model(model, args.n, args.seed, args.cfg_scale, args.temperature)
+        report = evaluate_model(model, args.n, args.seed, args.cfg_scale, args.temperature, args.top_k, args.min_p)
         report["seconds"] = round(time.time() - t0, 1)
         print(format_report(report))
         if args.json:

@@ -31,7 +31,7 @@ def roc_auc(scores, labels) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head_steps=4):
+def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head_steps=4, top_k=0, min_p=0.0):
     """Image codes and head-decoded pixels for prompts, in chunks; seeded."""
     gen = torch.Generator().manual_seed(seed)
     uncond = model.generation_prompt("")
@@ -46,6 +46,8 @@ def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head
                 [uncond] * len(part),
                 cfg_scale,
                 temperature,
+                top_k=top_k,
+                min_p=min_p,
                 generator=gen,
                 pad_id=model.tokenizer.pad_token_id,
             )
@@ -76,7 +78,7 @@ def save_grid(images, caption: str, path, scale: int = 4) -> None:
 
 
 @torch.no_grad()
-def shapes_rollout_stats(model, n: int, include_eos: bool, judge=None, seed: int = 0):
+def shapes_rollout_stats(model, n: int, include_eos: bool, judge=None, seed=0, temperature=1.0, top_k=0, min_p=0.0):
     """Held-out generation accuracy with the reward-hacking indicators an RL run logs beside the reward.
 
     Returns (stats, images): accuracy, mean GvU reward (judged by `judge`, default the model's backbone), reward-vs-
@@ -84,7 +86,7 @@ def shapes_rollout_stats(model, n: int, include_eos: bool, judge=None, seed: int
     in eval-prompt order, so their first few form the fixed-prompt grid."""
     metas = make_prompts(n, "eval", seed)
     prompts = [m["prompt"] for m in metas]
-    codes, images = generate_images(model, prompts, seed=seed)
+    codes, images = generate_images(model, prompts, 1.0, temperature, seed, top_k=top_k, min_p=min_p)
     ok = np.array([evaluate(img, m)[0] for img, m in zip(images, metas)])
     objects = np.array([len(detect(img).objects) for img in images])
     wanted = np.array([sum(r["count"] for r in m["include"]) for m in metas])
@@ -131,10 +133,10 @@ def caption_correct(caption: str, objects) -> bool:
 
 
 @torch.no_grad()
-def evaluate_model(model, n: int = 400, seed: int = 0, cfg_scale: float = 1.0, temperature: float = 1.0) -> dict:
+def evaluate_model(model, n=400, seed=0, cfg_scale=1.0, temperature=1.0, top_k=0, min_p=0.0) -> dict:
     metas = make_prompts(n, "eval", seed)
     prompts, tags = [m["prompt"] for m in metas], [m["tag"] for m in metas]
-    codes, images = generate_images(model, prompts, cfg_scale, temperature, seed)
+    codes, images = generate_images(model, prompts, cfg_scale, temperature, seed, top_k=top_k, min_p=min_p)
     gen_ok = [evaluate(img, m)[0] for img, m in zip(images, metas)]
 
     rng = np.random.default_rng(seed)
@@ -160,7 +162,7 @@ def evaluate_model(model, n: int = 400, seed: int = 0, cfg_scale: float = 1.0, t
     return {
         "n": n,
         "seed": seed,
-        "sampling": {"cfg_scale": cfg_scale, "temperature": temperature},
+        "sampling": {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k, "min_p": min_p},
         "generation": gen_t,
         "understanding": und_t,
         "gap": und_t["overall"] - gen_t["overall"],
@@ -180,7 +182,9 @@ def format_report(r: dict) -> str:
         lines.append(f"{tag:<16}{r['generation'][tag]:>12.3f}{r['understanding'][tag]:>15.3f}")
     o = r["own_generations"]
     lines += [
-        f"gap (understanding - generation): {r['gap']:+.3f}   [n={r['n']}, eval split, seed {r['seed']}]",
+        f"gap (understanding - generation): {r['gap']:+.3f}   [n={r['n']}, eval split, seed {r['seed']}, sampling "
+        + ", ".join(f"{k} {v:g}" for k, v in r["sampling"].items())
+        + "]",
         f"on its own {r['n']} generations: understanding {o['understanding']:.3f}, objects/image "
         f"{o['objects_per_image']:.2f}, GvU reward {o['gvu_reward_mean']:.3f}, reward-vs-correct AUC "
         f"{o['gvu_auc_include_eos']:.3f} (include_eos) / {o['gvu_auc_prompt_only']:.3f} (prompt only)",

@@ -134,3 +134,13 @@ def test_engine_evaluation_writes_curve_grid_and_a_loadable_checkpoint(pretraine
     assert not (Path(tmp_path) / ".policy.tmp").exists()
     again = UMM.from_pretrained(tmp_path / "policy")
     assert all(torch.equal(a, b) for a, b in zip(again.backbone.parameters(), engine.umm.backbone.parameters()))
+
+
+def test_non_finite_reward_is_an_error_naming_the_prompt(pretrained_dir, umm_flags):
+    engine = UMMRolloutEngine(str(pretrained_dir), 0, gvu_agent.__file__)
+    umm = engine.umm
+    with torch.no_grad():  # "describe" occurs only in the judge's context: generation is untouched, scoring is NaN
+        umm.backbone.get_input_embeddings().weight[umm.ids("describe")[0]] = float("nan")
+    params = SamplingParams(temperature=1.0)
+    with pytest.raises(ValueError, match="GvU reward is nan for prompt 'a photo of a red circle'"):
+        asyncio.run(engine.generate_responses(PROMPTS[0], "single_object", params, 2048, None, num_samples=2))

@@ -77,12 +77,11 @@ def _lora_config(args):
 
 
 class UMMRolloutEngine:
-    def __init__(self, model_dir: str, seed: int, agent_func_path: str | None, lora=None, log_dir=None, index=0):
+    def __init__(self, model_dir, seed, agent_func_path, lora=None, log_dir=None, index=0, temperature=1.0):
         from umm_plugin.openrlhf.plugin import umm_config
 
         self.cfg = umm_config()
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        self.temperature = temperature  # the rollout sampler (with cfg.top_k / min_p) is also what evaluation uses
         self.kwargs = {"model": model_dir}  # what executors read on vLLM's actor too
         self.umm = UMM.from_pretrained(model_dir)
         if lora is not None:
@@ -269,7 +268,15 @@ class UMMRolloutEngine:
         t0 = time.time()
         model = self.merged()
         with self._adapter(self.cfg.judge == "policy"):
-            stats, images = shapes_rollout_stats(model, self.cfg.eval_n, self.cfg.include_eos, self.umm.backbone)
+            stats, images = shapes_rollout_stats(
+                model,
+                self.cfg.eval_n,
+                self.cfg.include_eos,
+                self.umm.backbone,
+                temperature=self.temperature,
+                top_k=self.cfg.top_k,
+                min_p=self.cfg.min_p,
+            )
         row = {"step": self.syncs, **stats}
         for key in self.records[0] if self.records else ():
             row[f"train_{key}"] = float(np.mean([r[key] for r in self.records]))
@@ -299,7 +306,13 @@ def create_engines(args, shared_pg=None):
     actor = ray.remote(UMMRolloutEngine)
     return [
         actor.options(num_cpus=1, num_gpus=0).remote(
-            args.actor.model_name_or_path, args.train.seed, args.train.agent_func_path, lora, log_dir, i
+            args.actor.model_name_or_path,
+            args.train.seed,
+            args.train.agent_func_path,
+            lora,
+            log_dir,
+            i,
+            args.rollout.temperature,
         )
         for i in range(max(1, args.vllm.num_engines or 1))
     ]

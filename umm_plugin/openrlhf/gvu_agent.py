@@ -48,9 +48,14 @@ class AgentExecutor(AgentExecutorBase):
         tokens = list(out.outputs[0].token_ids)
         codes = torch.tensor(tokens) - lay.image_offset
 
-        with torch.no_grad():
-            pixels = render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator)
-        judged = umm.vq.encode(pixels)[0] if self.cfg.reencode else codes
+        # The exact codebook render is what the evaluator logs read (the head reproduces it: round-trip 1.0); the
+        # diffusion head runs only for `reencode`, the authors' decode-then-re-tokenize judge input.
+        pixels = umm.vq.decode(codes[None])
+        if self.cfg.reencode:
+            with torch.no_grad():
+                judged = umm.vq.encode(render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator))[0]
+        else:
+            judged = codes
         context = umm.chat(judged, DESCRIBE)
         target = umm.ids(prompt) + ([umm.tokenizer.eos_token_id] if self.cfg.include_eos else [])
         score_params = type(sampling_params)(max_tokens=1, temperature=1.0, prompt_logprobs=0)

@@ -46,7 +46,9 @@ class GvUConfig:
     log_dir: str = field(
         default="", metadata={"help": "Curves, grids and engine checkpoints; '' = <ckpt.output_dir>/umm."}
     )
-    threads: int = field(default=0, metadata={"help": "torch threads in the rollout engine (0 = torch's default)."})
+    threads: int = field(
+        default=0, metadata={"help": "torch threads in every Ray worker (0 = Ray's default: one per requested CPU)."}
+    )
 
     def __post_init__(self):
         if self.judge not in JUDGES:
@@ -60,7 +62,7 @@ class GvUConfig:
                 raise ValueError(f"--umm.{name} {getattr(self, name)} must not be negative")
 
 
-def _bool(text: str) -> bool:
+def true_or_false(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise ValueError(text)
     return text.lower() in ("true", "1")
@@ -105,9 +107,11 @@ def register(parser=None):
     from openrlhf.trainer.ppo_utils.experience_maker import register_advantage_estimator
 
     register_advantage_estimator("gvu_grpo", gvu_grpo)
-    if parser is None:
+    if parser is None:  # a Ray worker: Ray pins workers to one thread unless told otherwise
+        if umm_config().threads:
+            torch.set_num_threads(umm_config().threads)
         return None
     for f in dataclasses.fields(GvUConfig):
-        kind = _bool if f.type in (bool, "bool") else type(f.default)
+        kind = true_or_false if f.type in (bool, "bool") else type(f.default)
         parser.add_argument(f"--umm.{f.name}", type=kind, default=f.default, help=f.metadata["help"])
     return lambda args: check(parser, args)
