@@ -131,6 +131,10 @@ def test_engine_evaluation_writes_curve_grid_and_a_loadable_checkpoint(pretraine
     lines = (tmp_path / "curve.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("step,accuracy,reward")  # init eval + this one
     assert (tmp_path / "curve.png").is_file() and (tmp_path / "grid_00000.png").is_file()
+    assert (tmp_path / "grid_prompts.txt").read_text().splitlines()[:2] == [
+        "a photo of a square",
+        "a photo of a triangle and a circle",
+    ]
     assert not (Path(tmp_path) / ".policy.tmp").exists()
     again = UMM.from_pretrained(tmp_path / "policy")
     assert all(torch.equal(a, b) for a, b in zip(again.backbone.parameters(), engine.umm.backbone.parameters()))

@@ -264,6 +264,7 @@ class UMMRolloutEngine:
     def evaluate_and_save(self) -> dict:
         from umm_plugin.eval import save_grid, shapes_rollout_stats
         from umm_plugin.openrlhf.curves import append_curve
+        from umm_plugin.worlds.grammar import make_prompts
 
         t0 = time.time()
         model = self.merged()
@@ -284,6 +285,8 @@ class UMMRolloutEngine:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         caption = f"step {self.syncs}: held-out accuracy {stats['accuracy']:.3f}, reward {stats['reward']:.3f}"
         save_grid(images[:GRID], caption, self.log_dir / f"grid_{self.syncs:05d}.png")
+        prompts = [m["prompt"] for m in make_prompts(GRID, "eval", 0)]  # the grid's prompts, in reading order
+        (self.log_dir / "grid_prompts.txt").write_text("\n".join(prompts) + "\n")
         append_curve(self.log_dir, row)
         tmp, final = self.log_dir / ".policy.tmp", self.log_dir / "policy"
         shutil.rmtree(tmp, ignore_errors=True)
