@@ -101,3 +101,43 @@ def continuation_logprobs(backbone, prefixes: list[list[int]], targets: list[lis
     logp = F.log_softmax(backbone.get_output_embeddings()(hidden).float(), -1)
     logp = logp.gather(-1, tgt.to(dev)[..., None]).squeeze(-1)
     return logp * tmask.to(dev), tmask.to(dev)
+
+
+@torch.no_grad()
+def generate_text(
+    backbone,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    eos_id: int,
+    vocab_size: int | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """Text continuation of each prompt with a KV cache, stopping at `eos_id` (not returned) or `max_new_tokens`.
+    `vocab_size` keeps sampling to ids below it (the text vocabulary: image codes follow it in the X-Omni layout)."""
+    ids, mask = left_pad(prompt_ids, pad_id)
+    ids, mask = ids.to(backbone.device), mask.to(backbone.device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=backbone.config)
+    out = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, logits_to_keep=1)
+    done = torch.zeros(len(ids), dtype=torch.bool)
+    rows: list[list[int]] = [[] for _ in prompt_ids]
+    for step in range(max_new_tokens):
+        token = sample_logits(out.logits[:, -1, :vocab_size].float(), temperature, generator=generator).cpu()
+        for i, t in enumerate(token.tolist()):
+            if not done[i]:
+                done[i] = t == eos_id
+                if not done[i]:
+                    rows[i].append(t)
+        if done.all() or step + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+        pos = pos[:, -1:] + 1
+        out = backbone(
+            input_ids=token[:, None].to(mask.device),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=out.past_key_values,
+        )
+    return rows

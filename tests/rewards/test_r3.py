@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from umm_plugin.models.pretrain import NO_EDIT
+from umm_plugin.rewards.r3 import correction, format_reward, is_no_edit, stage1_rewards, stage2_rewards
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think> a small red circle at top left </think>",
+        "<think> a small red circle at top left </think> <SOM> 8 8 <IMAGE>",  # the image follows the plan
+        "  <think>a plan</think>",  # leading whitespace, no inner spaces
+        "<think> looks right </think> no further edit needed",
+    ],
+)
+def test_format_reward_accepts_one_leading_think_block(text):
+    assert format_reward(text) == 1.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a small red circle at top left",  # missing
+        "",
+        "<think> </think> <SOM>",  # empty plan
+        "<think></think>",
+        "<think> a </think> <think> b </think>",  # duplicated
+        "<think> a <think> b </think>",  # nested
+        "<think> a </think> b </think>",  # stray closing tag
+        "<think> a small red circle",  # never closed
+        "a plan </think>",  # never opened
+        "plan first <think> a </think>",  # not first
+    ],
+)
+def test_format_reward_rejects_missing_empty_duplicated_or_late_blocks(text):
+    assert format_reward(text) == 0.0
+
+
+def test_no_edit_match_drops_the_think_block_and_whitespace_only():
+    assert NO_EDIT == "no further edit needed"
+    assert is_no_edit(NO_EDIT) and is_no_edit("<think> all there </think>  no  further edit needed ")
+    assert not is_no_edit("<think> no further edit needed </think> add a red circle")
+    assert not is_no_edit("no further edit needed , add a red circle") and not is_no_edit("No further edit needed")
+
+
+def test_correction_every_branch():
+    v_prev = torch.tensor([0.5, 0.5, 1.0, 1.0, 0.25], dtype=F64)
+    v_new = torch.tensor([0.75, 0.25, 1.0, 1.0, 0.25], dtype=F64)
+    answers = [
+        "<think> circle missing </think> add a red circle",  # V_prev < 1, improved: +.25
+        "<think> wrong colour </think> make the red circle blue",  # V_prev < 1, worsened: -.25
+        "<think> all there </think> no further edit needed",  # perfect and says so: 1
+        "<think> hmm </think> remove a red circle",  # perfect but edits: 0 (even though V_new is still 1)
+        "<think> fine </think> no further edit needed",  # V_prev < 1: C is still V_new - V_prev = 0
+    ]
+    assert torch.equal(correction(v_new, v_prev, answers), torch.tensor([0.25, -0.25, 1.0, 0.0, 0.0], dtype=F64))
+
+
+def test_correction_rejects_bad_input():
+    with pytest.raises(ValueError, match="v_prev"):
+        correction(torch.tensor([0.5]), torch.tensor([float("nan")]), ["x"])
+    with pytest.raises(ValueError, match="v_new"):
+        correction(torch.tensor([1.5]), torch.tensor([0.5]), ["x"])
+    with pytest.raises(ValueError, match="answers"):
+        correction(torch.tensor([0.5]), torch.tensor([0.5]), [])
+
+
+def test_stage_rewards_hand_numbers():
+    v = torch.tensor([1.0, 0.5, 0.5, 0.0], dtype=F64)
+    f = torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=F64)
+    assert torch.equal(stage1_rewards(v, f), torch.tensor([2.0, 1.5, 0.0, 1.0], dtype=F64))
+    assert torch.equal(stage1_rewards(v, f, w=0.5), torch.tensor([1.5, 1.0, 0.0, 0.5], dtype=F64))
+    c = torch.tensor([1.0, -0.25, 0.5, 0.0], dtype=F64)
+    assert torch.equal(stage2_rewards(c, f), torch.tensor([2.0, 0.75, 0.0, 1.0], dtype=F64))
+    assert torch.equal(stage2_rewards(c, f, w=2.0), torch.tensor([3.0, 1.75, 0.0, 2.0], dtype=F64))

@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+import torch
+
+from umm_plugin.rewards.srum import (
+    components_proposer,
+    cut,
+    parse_verdict,
+    prompt_objects,
+    reward_map,
+    self_judge,
+    text_scores,
+    yes_no_scores,
+)
+from umm_plugin.worlds.grammar import make_prompts, sample_scene
+from umm_plugin.worlds.scene import render
+
+# Three boxes on an 8 x 8 map: A and B overlap on [2:4, 2:4], C is alone. s = 0.6, -0.5, 0 -> (s+1)/2 = .8, .25, .5
+BOXES = [(0, 0, 4, 4), (2, 2, 6, 6), (6, 6, 8, 8)]
+LOCAL = torch.tensor([0.6, -0.5, 0.0])
+
+
+def expected(local_min: bool) -> torch.Tensor:
+    m = torch.full((8, 8), 0.5)
+    if local_min:  # every box takes its own score, overlaps the lowest
+        m[0:4, 0:4] = 0.8
+        m[2:6, 2:6] = 0.25
+        m[6:8, 6:8] = 0.5
+    else:  # the authors' max: B's bad score never goes below neutral, A wins the overlap
+        m[0:4, 0:4] = 0.8
+    return m
+
+
+@pytest.mark.parametrize("local_min", [False, True])
+@pytest.mark.parametrize("g, factor", [(-1.0, 0.0), (0.0, 0.5), (1.0, 1.0)])
+def test_reward_map_matches_hand_computed_example(local_min, g, factor):
+    m = reward_map(BOXES, LOCAL, g, 8, local_min=local_min)
+    torch.testing.assert_close(m, expected(local_min) * factor, rtol=0, atol=1e-7)
+
+
+def test_reward_map_checks_its_inputs():
+    with pytest.raises(ValueError, match="3 boxes but 2 local scores"):
+        reward_map(BOXES, LOCAL[:2], 0.0, 8)
+
+
+def test_proposer_finds_every_ground_truth_object_without_the_scene():
+    rng = np.random.default_rng(0)
+    hits = total = 0
+    for meta in make_prompts(600, "train", 1):
+        objects = sample_scene(meta, rng)
+        found = components_proposer(render(objects), k=10)
+        for o in objects:
+            total += 1
+            hits += max((iou(o.box, b) for b in found), default=0) >= 0.5
+    assert total > 1000
+    assert hits / total >= 0.99
+
+
+def iou(a, b):
+    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_proposer_sorts_by_area_and_keeps_top_k():
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[0:2, 0:2] = 255  # area 4
+    img[5:10, 5:10, 0] = 200  # area 25
+    img[12:15, 0:3, 1] = 90  # area 9
+    img[15, 15] = 255  # area 1: below min_area
+    assert components_proposer(img, k=5) == [(5, 5, 10, 10), (0, 12, 3, 15), (0, 0, 2, 2)]
+    assert components_proposer(img, k=2) == [(5, 5, 10, 10), (0, 12, 3, 15)]
+    np.testing.assert_array_equal(cut(img, (5, 5, 10, 10)).nonzero()[0], img[5:10, 5:10].nonzero()[0] + 5)
+
+
+def test_prompt_objects_name_each_distinct_object_once():
+    assert prompt_objects("a photo of two red circles to the left of a large blue square") == [
+        "a photo of a red circle",
+        "a photo of a large blue square",
+    ]
+    assert prompt_objects("a photo of three triangles") == ["a photo of a triangle"]
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("0.5", 0.5), ("score : -1", -1.0), ("no further edit needed", 1.0), ("remove a red circle", -1.0)],
+)
+def test_parse_verdict(text, value):
+    assert parse_verdict(text) == value
+
+
+@pytest.mark.parametrize("text", ["1.5", "", "a red circle"])
+def test_parse_verdict_rejects_what_it_cannot_read(text):
+    with pytest.raises(ValueError, match="judge"):
+        parse_verdict(text)
+
+
+def test_yes_no_scores_are_the_answer_distribution_of_one_pass(tiny_umm):
+    m = tiny_umm
+    rng = np.random.default_rng(0)
+    metas = make_prompts(3, "train", 0)
+    codes = m.vq.encode(np.stack([render(sample_scene(x, rng)) for x in metas]))
+    got = yes_no_scores(m, codes, [f"check : {x['prompt']}" for x in metas])
+    for c, x, s in zip(codes, metas, got):  # independent: full logits of the unpadded row, last position
+        p = m.backbone(torch.tensor([m.chat(c, f"check : {x['prompt']}")])).logits[0, -1].softmax(-1)
+        ref = p[m.ids("no")].sum() - p[m.ids("add remove make")].sum()
+        assert abs(s.item() - ref.item()) < 1e-5
+    assert got.abs().max() <= 1
+
+
+def test_self_judge_scores_every_box_and_the_layout(tiny_umm):
+    m = tiny_umm
+    rng = np.random.default_rng(0)
+    metas = make_prompts(4, "train", 3)
+    images = np.stack([render(sample_scene(x, rng)) for x in metas])
+    prompts = [x["prompt"] for x in metas]
+    boxes, local, g = self_judge(m, images, prompts, k=3)
+    assert [len(b) for b in boxes] == [min(3, len(components_proposer(i, 10))) for i in images]
+    assert [len(s) for s in local] == [len(b) for b in boxes]
+    assert g.shape == (4,) and bool((g.abs() <= 1).all())
+    # a region's score is its best match over the prompt's objects, each asked on the cut-out region
+    codes = m.vq.encode(cut(images[0], boxes[0][0])[None])
+    asks = [f"check : {o}" for o in prompt_objects(prompts[0])]
+    best = yes_no_scores(m, codes.expand(len(asks), -1), asks).max()
+    assert abs(local[0][0].item() - best.item()) < 1e-5
+
+
+def test_text_scorer_fails_loudly_on_an_unreadable_answer(tiny_umm):
+    # a random-init model writes word salad: the scorer must say so, never score it 0
+    codes = tiny_umm.vq.encode(render([])[None])
+    with pytest.raises(ValueError, match="judge"):
+        text_scores(tiny_umm, codes, ["check : a photo of a red circle"])

@@ -1,0 +1,65 @@
+"""R3's rewards (reason -> reflect -> refine): format reward F, correction C and the two stages' text rewards.
+
+Stage 1 (plan, then image): R = V F + w F. Stage 2 (reflect, then refine from a buffered stage-1 image):
+C = V_new - V_prev, or 1[the answer is "no further edit needed"] when V_prev == 1; R = w F + C F. V is the judge's
+score in [0, 1] (the judge lives elsewhere; these are pure functions of its outputs). Where the authors' code is
+not explicit, the choices are written down here: the format regex (`format_reward`) and how an answer is matched
+against the no-edit sentence (`is_no_edit`).
+"""
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from umm_plugin.models.pretrain import NO_EDIT
+
+THINK = re.compile(r"\s*<think>(?P<plan>.*?)</think>(?P<rest>.*)", re.DOTALL)
+
+
+def format_reward(text: str) -> float:
+    """1.0 iff `text` opens with one well-formed `<think> plan </think>` block, else 0.0.
+
+    Precisely: after optional leading whitespace the text starts with "<think>"; the first "</think>" closes it;
+    the plan between them is non-empty after stripping whitespace; and neither tag occurs anywhere else (no
+    second, nested or stray block). Anything may follow the block (the image, or the reflect answer).
+    """
+    m = THINK.fullmatch(text)
+    if m is None or not m["plan"].strip():
+        return 0.0
+    stray = any(tag in part for tag in ("<think>", "</think>") for part in (m["plan"], m["rest"]))
+    return 0.0 if stray else 1.0
+
+
+def is_no_edit(answer: str) -> bool:
+    """Whether a reflect answer says "no further edit needed".
+
+    A leading think block (well-formed or not: everything up to the last "</think>") is dropped, then whitespace
+    is collapsed; what remains must equal NO_EDIT exactly. So the plan may say anything, but "no further edit
+    needed , add a red circle" is an edit: a hedged answer must not collect the perfect-image bonus.
+    """
+    return " ".join(answer.rsplit("</think>", 1)[-1].split()) == NO_EDIT
+
+
+def correction(v_new: torch.Tensor, v_prev: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
+    """[N] C = V_new - V_prev where V_prev < 1; where V_prev == 1 (exactly), C = 1[answer is no-edit], else 0."""
+    if v_new.shape != v_prev.shape or v_new.dim() != 1 or len(answers) != len(v_new):
+        raise ValueError(
+            f"need v_new, v_prev [N] and N answers, got {tuple(v_new.shape)}, {tuple(v_prev.shape)}, "
+            f"{len(answers)}"
+        )
+    for name, v in (("v_new", v_new), ("v_prev", v_prev)):
+        if not ((v >= 0) & (v <= 1)).all():  # NaN fails both comparisons
+            raise ValueError(f"{name} must lie in [0, 1] (no NaN)")
+    stop = torch.tensor([is_no_edit(a) for a in answers], dtype=v_new.dtype, device=v_new.device)
+    return torch.where(v_prev == 1, stop, v_new - v_prev)
+
+
+def stage1_rewards(v: torch.Tensor, f: torch.Tensor, w: float = 1.0) -> torch.Tensor:
+    """Stage-1 text reward R = V F + w F: a badly formatted plan earns nothing, however good the image."""
+    return v * f + w * f
+
+
+def stage2_rewards(c: torch.Tensor, f: torch.Tensor, w: float = 1.0) -> torch.Tensor:
+    """Stage-2 text reward R = w F + C F."""
+    return w * f + c * f

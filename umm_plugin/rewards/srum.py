@@ -1,0 +1,175 @@
+"""SRUM's self-reward: region proposals, the model's own local and global judgement, and the reward map.
+
+As in the authors' code: a proposer gives boxes (SAM's automatic masks there, largest first, top k), the model's
+understanding scores each region s in [-1, 1] and the whole layout g in [-1, 1], and the map is M = 0.5, every box
+max(M, (s + 1) / 2), then M * (g + 1) / 2. Where we differ, each is a switch:
+- `scorer="prob"` (default) reads p(yes) - p(no) off one teacher-forced pass instead of letting the model write a
+  number and parsing it (`scorer="text"`, the authors' way). It has no sampling noise and needs no number words.
+- `local_min=True` lets a bad region fall below 0.5 (its own (s + 1) / 2; where boxes overlap, the lowest wins);
+  the authors' max never penalises a region, only rewards good ones.
+The tiny ShapesWorld model learned R3's reflection, "check : <prompt>" -> "no further edit needed" or an edit
+("add/remove/make ..."), and that is its yes/no question: yes = the no-edit answer's first word, no = the edit
+verbs. A chat VLM swaps `question`, `yes` and `no`. A region is asked about on its own: the box is cut onto an
+empty canvas and compared with every object of the prompt ("a photo of a red circle"); s is the best match, i.e.
+which prompt object it is and how well it matches. Positions and counts are the global question's job.
+"""
+
+import re
+from collections import deque
+
+import numpy as np
+import torch
+
+from umm_plugin.models.generation import generate_text, left_pad
+from umm_plugin.models.pretrain import NO_EDIT
+from umm_plugin.worlds.grammar import Group, Structure, parse_prompt
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, end exclusive
+QUESTION = "check : {prompt}"
+YES, NO = "no", "add remove make"
+CHUNK = 256  # judge rows per forward pass
+
+
+def components_proposer(image: np.ndarray, k: int = 5, threshold: int = 40, min_area: int = 4) -> list[Box]:
+    """Boxes of the 8-connected components of non-background pixels (any channel above `threshold`), largest
+    first, at most k. Reads pixels only, never a scene description: any detector `image -> boxes` can replace it."""
+    fg = np.asarray(image).max(-1) > threshold
+    seen = np.zeros_like(fg)
+    found = []
+    h, w = fg.shape
+    for y0, x0 in zip(*np.nonzero(fg)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        queue, ys, xs = deque([(y0, x0)]), [], []
+        while queue:
+            y, x = queue.popleft()
+            ys.append(y)
+            xs.append(x)
+            for ny in (y - 1, y, y + 1):
+                for nx in (x - 1, x, x + 1):
+                    if 0 <= ny < h and 0 <= nx < w and fg[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+        if len(ys) >= min_area:
+            found.append((len(ys), (int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1)))
+    found.sort(key=lambda a: -a[0])  # stable: equal areas keep scan order
+    return [box for _, box in found[:k]]
+
+
+def reward_map(boxes: list[Box], local: torch.Tensor, g: float, size: int, local_min: bool = False) -> torch.Tensor:
+    """[size, size] map from boxes, their scores s in [-1, 1] and the global score g in [-1, 1]."""
+    if len(boxes) != len(local):
+        raise ValueError(f"{len(boxes)} boxes but {len(local)} local scores")
+    m = torch.full((size, size), 0.5)
+    if local_min:
+        boxed = torch.full((size, size), float("inf"))
+        for (x0, y0, x1, y1), s in zip(boxes, local.tolist()):
+            boxed[y0:y1, x0:x1] = boxed[y0:y1, x0:x1].clamp(max=(s + 1) / 2)
+        m = torch.where(boxed.isinf(), m, boxed)
+    else:
+        for (x0, y0, x1, y1), s in zip(boxes, local.tolist()):
+            m[y0:y1, x0:x1] = m[y0:y1, x0:x1].clamp(min=(s + 1) / 2)
+    return m * (g + 1) / 2
+
+
+def prompt_objects(prompt: str) -> list[str]:
+    """One single-object prompt per distinct object the prompt asks for ("two red circles" -> "a photo of a red
+    circle"): what a region is compared with."""
+    groups = parse_prompt(prompt).groups
+    return list(dict.fromkeys(Structure((Group(1, g.shape, g.color, g.size),)).text() for g in groups))
+
+
+def cut(image: np.ndarray, box: Box) -> np.ndarray:
+    """The image with everything outside the box set to background."""
+    out = np.zeros_like(image)
+    x0, y0, x1, y1 = box
+    out[y0:y1, x0:x1] = image[y0:y1, x0:x1]
+    return out
+
+
+@torch.no_grad()
+def yes_no_scores(model, codes: torch.Tensor, questions: list[str], yes: str = YES, no: str = NO) -> torch.Tensor:
+    """p(first answer word in `yes`) - p(first answer word in `no`) for each (image codes, question): [B] in [-1, 1].
+    One forward pass per CHUNK rows, reading only the next-token distribution after `<assistant>`."""
+    yes_ids, no_ids = model.ids(yes), model.ids(no)
+    out = []
+    for i in range(0, len(questions), CHUNK):
+        rows = [model.chat(c, q) for c, q in zip(codes[i : i + CHUNK], questions[i : i + CHUNK], strict=True)]
+        ids, mask = left_pad(rows, model.tokenizer.pad_token_id)
+        dev = model.backbone.device
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model.backbone(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1
+        ).logits[:, -1]
+        p = logits.float().softmax(-1)
+        out.append(p[:, yes_ids].sum(-1) - p[:, no_ids].sum(-1))
+    return torch.cat(out).cpu()
+
+
+def parse_verdict(text: str, no: str = NO) -> float:
+    """The `text` scorer's reading of an answer: a number in [-1, 1] if one is written (a VLM asked for a score),
+    else the reflection verdict: the no-edit answer -> 1, an edit instruction -> -1. Anything else is an error."""
+    number = re.search(r"-?\d+(?:\.\d+)?", text)
+    if number:
+        value = float(number.group())
+        if not -1 <= value <= 1:
+            raise ValueError(f"judge wrote {value} in {text!r}: scores must lie in [-1, 1]")
+        return value
+    words = text.split()
+    if " ".join(words) == NO_EDIT:
+        return 1.0
+    if words and words[0] in no.split():
+        return -1.0
+    raise ValueError(f"cannot read a verdict from the judge's answer {text!r}: expected a score, {NO_EDIT!r}, an edit")
+
+
+@torch.no_grad()
+def text_scores(model, codes: torch.Tensor, questions: list[str], max_new_tokens: int = 12) -> torch.Tensor:
+    """Greedy answers to each question, parsed by `parse_verdict`: [B]."""
+    rows = [model.chat(c, q) for c, q in zip(codes, questions, strict=True)]
+    vocab = model.layout.image_offset
+    answers = generate_text(
+        model.backbone, rows, max_new_tokens, model.tokenizer.eos_token_id, vocab, pad_id=model.tokenizer.pad_token_id
+    )
+    return torch.tensor([parse_verdict(" ".join(model.tokenizer.convert_ids_to_tokens(a))) for a in answers])
+
+
+def self_judge(model, images: np.ndarray, prompts: list[str], k: int = 5, scorer: str = "prob", proposer=None):
+    """The model's own SRUM scores for its images [N, H, W, 3]: (boxes per image, local scores per image [n_boxes],
+    global scores [N]). Every question of the batch is asked in one go."""
+    if scorer not in ("prob", "text"):
+        raise ValueError(f"scorer must be 'prob' or 'text', got {scorer!r}")
+    proposer = proposer or (lambda image: components_proposer(image, k))
+    codes, questions, owner = [], [], []  # owner: (image, box index or -1 for global, object index)
+    boxes = []
+    for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+        found = list(proposer(image))[:k]
+        boxes.append(found)
+        objects = prompt_objects(prompt)
+        crops = model.vq.encode(np.stack([image] + [cut(image, b) for b in found]))
+        codes.append(crops[0])
+        questions.append(QUESTION.format(prompt=prompt))
+        owner.append((i, -1))
+        for b in range(len(found)):
+            for obj in objects:
+                codes.append(crops[b + 1])
+                questions.append(QUESTION.format(prompt=obj))
+                owner.append((i, b))
+    score = yes_no_scores if scorer == "prob" else text_scores
+    values = score(model, torch.stack(codes), questions).tolist()
+    local = [torch.full((len(b),), -1.0) for b in boxes]
+    glob = torch.zeros(len(images))
+    for (i, b), v in zip(owner, values):
+        if b < 0:
+            glob[i] = v
+        else:
+            local[i][b] = max(local[i][b].item(), v)
+    return boxes, local, glob
+
+
+def overlay(image: np.ndarray, m: torch.Tensor) -> np.ndarray:
+    """The image blended with the map (red = 0, green = 1) for inspection: [H, W, 3] uint8."""
+    m = m.clamp(0, 1).numpy()[..., None]
+    heat = np.concatenate([1 - m, m, np.zeros_like(m)], -1) * 255
+    return (0.5 * np.asarray(image, dtype=np.float32) + 0.5 * heat).astype(np.uint8)
