@@ -21,13 +21,19 @@ def _dataclass_args(parser, cls):
             kw["required"] = True
         else:
             kw["default"] = f.default
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default) if "default" in kw else str, **kw
-        )
+        kind = type(f.default) if "default" in kw else str
+        if kind is bool:
+            from umm_plugin.openrlhf.plugin import true_or_false as kind
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, **kw)
+
+
+def _dataclass_value(cls, args):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def build_parser():
     from umm_plugin.models.pretrain import PretrainConfig
+    from umm_plugin.openrlhf.srum import SRUMOfflineConfig
 
     p = argparse.ArgumentParser(prog="umm-plugin", description="Self-rewarding RL for unified multimodal models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -66,6 +72,9 @@ def build_parser():
     ev.add_argument("--top-k", type=int, default=0, help="Image-token top-k (0 = off).")
     ev.add_argument("--min-p", type=float, default=0.0, help="Image-token min-p (0 = off; GvU rollouts use 0.03).")
     ev.add_argument("--json", help="Also write the report here.")
+
+    srum = sub.add_parser("srum", help="SRUM offline: self-judged reward maps, then a reward-weighted fine-tune.")
+    _dataclass_args(srum, SRUMOfflineConfig)
 
     pat = sub.add_parser("patch-openrlhf", help="Apply patches/ to the installed OpenRLHF (idempotent).")
     mode = pat.add_mutually_exclusive_group()
@@ -110,8 +119,7 @@ def run(args) -> None:
     from umm_plugin.worlds.grammar import parse_prompt
 
     if args.cmd == "shapes" and args.shapes_cmd == "pretrain":
-        cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
-        pretrain(cfg)
+        pretrain(_dataclass_value(PretrainConfig, args))
     elif args.cmd == "shapes" and args.shapes_cmd == "check":
         print(json.dumps(shapes_check(args.n, args.seed, args.model)))
     elif args.cmd == "shapes" and args.shapes_cmd == "prompts":
@@ -127,6 +135,10 @@ def run(args) -> None:
         _, images = generate_images(model, [args.prompt] * args.n, args.cfg_scale, args.temperature, args.seed)
         save_grid(images, args.prompt, args.out)
         print(f"wrote {args.out} ({args.n} images)")
+    elif args.cmd == "srum":
+        from umm_plugin.openrlhf.srum import SRUMOfflineConfig, train_offline
+
+        train_offline(_dataclass_value(SRUMOfflineConfig, args))
     elif args.cmd == "patch-openrlhf":
         from umm_plugin.openrlhf import patching
 

@@ -56,8 +56,21 @@ def test_pool_to_grid_averages_cells_in_code_order():
 
 def test_dense_advantages_per_position_and_per_sample():
     r = torch.tensor([[[1.0, 0.5], [0.0, 0.5], [0.5, 0.5]]])  # P=1, G=3, L=2; cell 1 equal across the group
-    adv = dense_group_advantages(r, "position", eps=0.0)
+    adv = dense_group_advantages(r, per="position", eps=0.0)
     torch.testing.assert_close(adv, torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]]]))
     flat = r.flatten()
     want = (r - flat.mean()) / (flat.std() + 1e-4)
-    torch.testing.assert_close(dense_group_advantages(r, "sample"), want)
+    torch.testing.assert_close(dense_group_advantages(r, per="sample"), want)
+
+
+def test_dense_advantages_ignore_tokens_off_the_mask():
+    r = torch.tensor([[[9.0, 1.0, 2.0], [-9.0, 0.0, 4.0]]])  # token 0 is a prompt token: not counted
+    m = torch.tensor([[[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]])
+    on = torch.tensor([1.0, 2.0, 0.0, 4.0])  # the counted cells of the group
+    want = torch.zeros(1, 2, 3)
+    want[0, :, 1:] = (r[0, :, 1:] - on.mean()) / (on.std() + 1e-4)
+    torch.testing.assert_close(dense_group_advantages(r, m, per="sample"), want)
+    pos = dense_group_advantages(r, m, per="position", eps=0.0)
+    s = torch.tensor([1.0, 0.0]).std()
+    torch.testing.assert_close(pos[0, :, 1], torch.tensor([0.5, -0.5]) / s)
+    assert pos[0, :, 0].abs().sum() == 0

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from umm_plugin.models.pretrain import NO_EDIT, PretrainConfig, edit_pair, plan_text
+from umm_plugin.eval import caption_correct
+from umm_plugin.models.pretrain import NO_EDIT, Batcher, PretrainConfig, edit_pair, plan_text
 from umm_plugin.models.umm import UMM
-from umm_plugin.worlds.evaluator import check
-from umm_plugin.worlds.grammar import make_prompts, sample_scene
+from umm_plugin.worlds.evaluator import check, detect, evaluate
+from umm_plugin.worlds.grammar import WORDS, make_prompts, parse_prompt, sample_scene
 
 
 def test_pretrain_runs_every_task_and_saves_a_loadable_model(pretrained_dir):
@@ -32,6 +33,37 @@ def test_reflect_answers_and_refine_targets_are_right():
     assert kinds == {"no", "add", "remove", "make"}
 
 
+def _split(model, ids, mask):
+    """(image codes, question words, answer words) of a one-image training row."""
+    toks = model.tokenizer.convert_ids_to_tokens(ids)
+    start, end = toks.index("<IMAGE>") + 1, toks.index("<EOM>")
+    codes = np.array(ids[start:end]) - model.layout.image_offset
+    question = toks[end + 1 : toks.index("<assistant>")]
+    answer = [t for t, m in zip(toks, mask) if m and t != "<eos>"]
+    return codes, question, answer
+
+
+def test_judge_answers_and_counting_drills_are_the_worlds_truth(vq):
+    model = UMM.build(WORDS, vq, hidden=32, layers=1)
+    batcher = Batcher(model, PretrainConfig(out="x"), np.random.default_rng(0))
+    agree, yes = [], []
+    for _ in range(200):
+        codes, question, answer = _split(model, *batcher.judge())
+        assert question[:2] == ["is", "this"] and question[-1] == "?" and answer in (["yes"], ["no"])
+        meta = parse_prompt(" ".join(question[2:-1])).meta()
+        agree.append(evaluate(vq.decode(codes[None])[0], meta)[0] == (answer == ["yes"]))
+        yes.append(answer == ["yes"])
+    assert np.mean(agree) >= 0.97  # the decoded image's verdict (the tokenizer round trip is >= 99% exact)
+    assert 0.3 <= np.mean(yes) <= 0.8
+    counts, right = set(), []
+    for _ in range(200):
+        codes, _, answer = _split(model, *batcher.count_drill())
+        objects = detect(vq.decode(codes[None])[0]).objects
+        right.append(caption_correct(" ".join(answer), objects))
+        counts.add(len(objects))
+    assert np.mean(right) >= 0.97 and {1, 2, 3, 4, 5, 6} <= counts
+
+
 def test_plan_names_every_object_in_reading_order():
     rng = np.random.default_rng(0)
     meta = make_prompts(1, "train", 0, tags=("position_count",))[0]
@@ -41,7 +73,9 @@ def test_plan_names_every_object_in_reading_order():
     assert plan.count(" at ") == len(objs)
 
 
-@pytest.mark.parametrize("bad", [{"gap": "huge"}, {"steps": 0}, {"r3_share": 0.9}, {"own_share": 1.5}])
+@pytest.mark.parametrize(
+    "bad", [{"gap": "huge"}, {"steps": 0}, {"r3_share": 0.9}, {"own_share": 1.5}, {"judge_share": 0.7}]
+)
 def test_config_checks(bad):
     with pytest.raises(ValueError):
         PretrainConfig(out="x", **bad)

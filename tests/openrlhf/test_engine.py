@@ -148,3 +148,27 @@ def test_non_finite_reward_is_an_error_naming_the_prompt(pretrained_dir, umm_fla
     params = SamplingParams(temperature=1.0)
     with pytest.raises(ValueError, match="GvU reward is nan for prompt 'a photo of a red circle'"):
         asyncio.run(engine.generate_responses(PROMPTS[0], "single_object", params, 2048, None, num_samples=2))
+
+
+@pytest.mark.parametrize("scorer", ["prob", "caption"])
+def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monkeypatch, scorer):
+    import umm_plugin.openrlhf.srum_agent as srum_agent
+    from umm_plugin.algos.srum import pool_to_grid
+    from umm_plugin.rewards.srum import reward_map, self_judge
+
+    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({"srum.scorer": scorer, "srum.k": 3}))
+    engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=srum_agent.__file__)
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    prompt = "a photo of a red circle to the left of a blue square"
+    results = asyncio.run(engine.generate_responses(prompt, "position", params, 2048, None, num_samples=3))
+    umm = engine.umm
+    n_prompt = len(umm.generation_prompt(prompt))
+    codes = torch.tensor([r["observation_tokens"][n_prompt:] for r in results]) - umm.layout.image_offset
+    images = umm.vq.decode(codes)
+    boxes, local, g = self_judge(umm, images, [prompt] * 3, k=3, scorer=scorer)
+    maps = torch.stack([reward_map(b, s, gi, 32) for b, s, gi in zip(boxes, local, g.tolist())])
+    for r, cells, m in zip(results, pool_to_grid(maps, umm.layout.grid), maps):
+        assert r["token_rewards"][:n_prompt] == [0.0] * n_prompt
+        assert torch.allclose(torch.tensor(r["token_rewards"][n_prompt:]), cells, atol=1e-5)
+        assert r["reward"] == pytest.approx(m.mean().item(), abs=1e-5)
+        assert {"srum_global", "srum_map_mean", "shapes_accuracy"} <= set(r["extra_logs"])

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from umm_plugin.rewards.srum import (
+    QUESTION,
+    caption_scores,
     components_proposer,
     cut,
     parse_verdict,
@@ -12,7 +14,7 @@ from umm_plugin.rewards.srum import (
     text_scores,
     yes_no_scores,
 )
-from umm_plugin.worlds.grammar import make_prompts, sample_scene
+from umm_plugin.worlds.grammar import Group, Structure, make_prompts, parse_prompt, sample_scene
 from umm_plugin.worlds.scene import render
 
 # Three boxes on an 8 x 8 map: A and B overlap on [2:4, 2:4], C is alone. s = 0.6, -0.5, 0 -> (s+1)/2 = .8, .25, .5
@@ -84,7 +86,7 @@ def test_prompt_objects_name_each_distinct_object_once():
 
 @pytest.mark.parametrize(
     "text, value",
-    [("0.5", 0.5), ("score : -1", -1.0), ("no further edit needed", 1.0), ("remove a red circle", -1.0)],
+    [("0.5", 0.5), ("score : -1", -1.0), ("yes", 1.0), ("no , it is not", -1.0)],
 )
 def test_parse_verdict(text, value):
     assert parse_verdict(text) == value
@@ -101,10 +103,10 @@ def test_yes_no_scores_are_the_answer_distribution_of_one_pass(tiny_umm):
     rng = np.random.default_rng(0)
     metas = make_prompts(3, "train", 0)
     codes = m.vq.encode(np.stack([render(sample_scene(x, rng)) for x in metas]))
-    got = yes_no_scores(m, codes, [f"check : {x['prompt']}" for x in metas])
+    got = yes_no_scores(m, codes, [f"is this {x['prompt']} ?" for x in metas])
     for c, x, s in zip(codes, metas, got):  # independent: full logits of the unpadded row, last position
-        p = m.backbone(torch.tensor([m.chat(c, f"check : {x['prompt']}")])).logits[0, -1].softmax(-1)
-        ref = p[m.ids("no")].sum() - p[m.ids("add remove make")].sum()
+        p = m.backbone(torch.tensor([m.chat(c, f"is this {x['prompt']} ?")])).logits[0, -1].softmax(-1)
+        ref = p[m.ids("yes")].sum() - p[m.ids("no")].sum()
         assert abs(s.item() - ref.item()) < 1e-5
     assert got.abs().max() <= 1
 
@@ -121,7 +123,7 @@ def test_self_judge_scores_every_box_and_the_layout(tiny_umm):
     assert g.shape == (4,) and bool((g.abs() <= 1).all())
     # a region's score is its best match over the prompt's objects, each asked on the cut-out region
     codes = m.vq.encode(cut(images[0], boxes[0][0])[None])
-    asks = [f"check : {o}" for o in prompt_objects(prompts[0])]
+    asks = [f"is this {o} ?" for o in prompt_objects(prompts[0])]
     best = yes_no_scores(m, codes.expand(len(asks), -1), asks).max()
     assert abs(local[0][0].item() - best.item()) < 1e-5
 
@@ -130,4 +132,50 @@ def test_text_scorer_fails_loudly_on_an_unreadable_answer(tiny_umm):
     # a random-init model writes word salad: the scorer must say so, never score it 0
     codes = tiny_umm.vq.encode(render([])[None])
     with pytest.raises(ValueError, match="judge"):
-        text_scores(tiny_umm, codes, ["check : a photo of a red circle"])
+        text_scores(tiny_umm, codes, ["is this a photo of a red circle ?"])
+
+
+def _ablate(meta: dict, what: str) -> dict:
+    """The prompt with its colour / count / position words removed (counts become one, relations 'and')."""
+    s = parse_prompt(meta["prompt"])
+    if what == "color":
+        groups = tuple(Group(g.count, g.shape, None, g.size) for g in s.groups)
+    elif what == "count":
+        groups = tuple(Group(1, g.shape, g.color, g.size) for g in s.groups)
+    else:
+        groups = s.groups
+    return Structure(groups, None if what == "position" else s.relation).meta()
+
+
+ABLATED_TAGS = {
+    "color": ("colors", "color_attr", "color_count"),
+    "count": ("counting", "color_count", "multi_count", "position_count"),
+    "position": ("position", "position_count", "position_size"),
+}
+
+
+@pytest.mark.parametrize("what", ["color", "count"])
+def test_caption_judge_is_sensitive_like_gvu_fig8(judge_base, what):
+    """Images made for a prompt with its colour / count words removed score lower, on average, against the full
+    prompt than images made for the full prompt (GvU Fig. 8's sensitivity, for SRUM's global score). Position is
+    left out because it fails: neither scorer tells a relation from its mirror on ShapesWorld bases (bench/RESULTS.md
+    has the numbers, also for `prob`, whose yes/no skill only learns counts in the weak base's budget)."""
+    rng = np.random.default_rng(0)
+    metas = make_prompts(120, "train", 5, tags=ABLATED_TAGS[what])
+    full = np.stack([render(sample_scene(x, rng)) for x in metas])
+    ablated = np.stack([render(sample_scene(_ablate(x, what), rng)) for x in metas])
+    questions = [QUESTION.format(prompt=x["prompt"]) for x in metas]
+    g_full = caption_scores(judge_base, judge_base.vq.encode(full), questions)
+    g_ablated = caption_scores(judge_base, judge_base.vq.encode(ablated), questions)
+    assert g_full.mean() - g_ablated.mean() > 0.2
+    assert (g_ablated < g_full).float().mean() > 0.75
+
+
+def test_caption_scores_are_gvus_reward_of_the_asked_subject(tiny_umm):
+    from umm_plugin.rewards.gvu import gvu_reward
+
+    codes = torch.randint(0, tiny_umm.vq.num_codes, (2, 64), generator=torch.Generator().manual_seed(0))
+    subjects = ["a photo of a red circle", "a photo of two squares"]
+    got = caption_scores(tiny_umm, codes, [QUESTION.format(prompt=s) for s in subjects])
+    want = 2 * gvu_reward(tiny_umm, codes, subjects, include_eos=True) - 1
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

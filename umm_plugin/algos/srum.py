@@ -33,24 +33,27 @@ def pool_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(maps[:, None], grid).flatten(1)
 
 
-def dense_group_advantages(rewards: torch.Tensor, per: str = "position", eps: float = 1e-4) -> torch.Tensor:
-    """rewards [P, G, L] (one per image token) -> advantages of the same shape.
+def dense_group_advantages(
+    rewards: torch.Tensor, mask: torch.Tensor | None = None, per: str = "position", eps: float = 1e-4
+) -> torch.Tensor:
+    """rewards [P, G, L] (one per token), mask [P, G, L] (1 on the tokens that count) -> advantages, 0 off the mask.
 
     per="position": each cell against the same cell in the group's other samples, (r − mean_G) / (std_G + eps),
     so a token is credited for what its image has *at that place*; cells equal across the group get exactly 0.
     per="sample": against all cells of all the group's samples; a background cell then scores against object
     cells and the signal mostly says "be like the average cell", which is why it is not the default.
+    std is the unbiased one over the counted cells, as in `group_advantages`.
     """
     if rewards.dim() != 3 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be [num_prompts, group >= 2, tokens], got {tuple(rewards.shape)}")
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards contain NaN or inf")
-    if per == "position":
-        mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)
-    elif per == "sample":
-        flat = rewards.flatten(1)
-        mean, std = flat.mean(1)[:, None, None], flat.std(1)[:, None, None]
-    else:
+    if per not in ("position", "sample"):
         raise ValueError(f"per must be 'position' or 'sample', got {per!r}")
-    adv = (rewards - mean) / (std + eps)
-    return adv.masked_fill(std <= 1e-6, 0.0)
+    m = torch.ones_like(rewards) if mask is None else mask.to(rewards.dtype)
+    dims = (1,) if per == "position" else (1, 2)
+    n = m.sum(dims, keepdim=True)
+    mean = (rewards * m).sum(dims, keepdim=True) / n.clamp(min=1)
+    std = (((rewards - mean) ** 2 * m).sum(dims, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+    adv = (rewards - mean) / (std + eps) * m
+    return adv.masked_fill((std <= 1e-6) | (n < 2), 0.0)

@@ -1,7 +1,9 @@
 """Pretraining the tiny ShapesWorld UMM on CPU: visual tokenizer, AR backbone, diffusion head, in minutes.
 
 Every batch mixes the skills the three recipes need: generation (prompt -> image codes, prompt dropped 10% of the
-time for CFG), understanding (image -> caption), and R3's reason (prompt -> <think> plan </think> image), reflect
+time for CFG), understanding (image -> caption; a share of them counting drills of one shape, so "four" is said
+of four even where no training prompt has four), yes/no judgement ("is this <prompt> ?", SRUM's and R3's
+self-judge), and R3's reason (prompt -> <think> plan </think> image), reflect
 ((prompt, image) -> "no further edit needed" or an edit) and refine ((image, edit) -> image). Most captions are of
 imperfect images (world perturbations, and from 30% of training on the model's own samples), captioned from the
 evaluator's parse of what is really there: a judge that only saw clean scenes is blind to junk and gets reward-hacked
@@ -21,11 +23,11 @@ from tqdm import tqdm
 
 from umm_plugin.models.diffusion_head import flow_matching_loss
 from umm_plugin.models.generation import generate_image_tokens
-from umm_plugin.models.umm import DESCRIBE, UMM
+from umm_plugin.models.umm import ASK, DESCRIBE, UMM
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.evaluator import check, detect
-from umm_plugin.worlds.grammar import WORDS, PromptError, describe, make_prompts, sample_scene
-from umm_plugin.worlds.scene import CANVAS, perturb, render
+from umm_plugin.worlds.grammar import MIRROR, NUMBERS, WORDS, PromptError, describe, make_prompts, sample_scene
+from umm_plugin.worlds.scene import CANVAS, COLOR_NAMES, SHAPES, perturb, place, render
 
 NO_EDIT = "no further edit needed"
 GAPS = {"weak": 0.25, "regular": 0.5}  # generation share of each batch
@@ -43,7 +45,16 @@ class PretrainConfig:
     lr: float = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW, linear warm-up, cosine decay)."})
     hidden: int = field(default=128, metadata={"help": "Backbone hidden size (Qwen2)."})
     layers: int = field(default=4, metadata={"help": "Backbone layers."})
-    r3_share: float = field(default=0.15, metadata={"help": "Share of each batch for R3's reason/reflect/refine."})
+    r3_share: float = field(
+        default=0.1,
+        metadata={"help": "Share of each batch for R3's skills: reflect gets half, reason and refine a quarter each."},
+    )
+    judge_share: float = field(
+        default=0.15, metadata={"help": "Share of each batch for yes/no questions 'is this <prompt> ?'."}
+    )
+    count_share: float = field(
+        default=0.15, metadata={"help": "Share of captions that are counting drills: 1-8 objects of one shape."}
+    )
     own_samples_from: float = field(
         default=0.3, metadata={"help": "Fraction of training after which captions also cover the model's samples."}
     )
@@ -66,8 +77,12 @@ class PretrainConfig:
         for name in ("own_samples_from", "own_share", "imperfect_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a fraction in [0, 1]")
-        if not 0 <= self.r3_share < 1 - GAPS[self.gap]:
-            raise ValueError(f"r3_share={self.r3_share} must leave room for generation and captions")
+        if min(self.r3_share, self.judge_share) < 0 or self.r3_share + self.judge_share >= 1 - GAPS[self.gap]:
+            raise ValueError(
+                f"r3_share={self.r3_share} + judge_share={self.judge_share} leaves no room for generation and captions"
+            )
+        if not 0 <= self.count_share <= 1:
+            raise ValueError(f"count_share={self.count_share} must be in [0, 1]")
 
 
 def plan_text(objects) -> str:
@@ -110,7 +125,7 @@ class Batcher:
     def __init__(self, model: UMM, cfg: PretrainConfig, rng: np.random.Generator):
         self.m, self.cfg, self.rng = model, cfg, rng
         self.prompts = make_prompts(20000, "train", cfg.seed)
-        self.own = []  # (codes, objects, fragment count) of the model's own samples, as the evaluator parses them
+        self.own = []  # (codes, objects, fragment count, prompt meta, verdict) of the model's own samples, as parsed
         self.too_crowded = 0
 
     def meta(self):
@@ -135,8 +150,10 @@ class Batcher:
     def caption(self, imperfect: bool):
         """A clean scene is captioned by its prompt half the time, else (like imperfect images) by a full listing of
         what is there, with or without colours: the colour-free listing is what teaches counting of any scene."""
+        if self.rng.random() < self.cfg.count_share:
+            return self.count_drill()
         if imperfect and self.own and self.rng.random() < self.cfg.own_share:
-            codes, objects, n_fragments = self.own[self.rng.integers(len(self.own))]
+            codes, objects, n_fragments, _, _ = self.own[self.rng.integers(len(self.own))]
         else:
             meta = self.meta()
             objects, fragments = sample_scene(meta, self.rng), []
@@ -148,6 +165,43 @@ class Batcher:
         else:
             text = describe(objects, n_fragments, colors=self.rng.random() < 0.5)
         return self.row(self.m.chat(codes, DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
+
+    def count_drill(self):
+        """1-8 objects of one shape, one colour or mixed, captioned truthfully (half the time without colours)."""
+        n, shape = int(self.rng.integers(1, len(NUMBERS) + 1)), SHAPES[self.rng.integers(len(SHAPES))]
+        colors = COLOR_NAMES if self.rng.random() < 0.5 else [COLOR_NAMES[self.rng.integers(len(COLOR_NAMES))]]
+        sizes = ("small", "large") if n <= 4 else ("small",)
+        pick = self.rng.integers
+        specs = [(shape, colors[pick(len(colors))], sizes[pick(len(sizes))]) for _ in range(n)]
+        objects = None
+        while objects is None:  # crowded layouts may not fit: one object fewer until they do
+            objects, specs = place(specs, self.rng, tries=20), specs[:-1]
+        text = describe(objects, colors=self.rng.random() < 0.5)
+        return self.row(self.m.chat(self.codes(objects), DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
+
+    def judge(self):
+        """'is this <prompt> ?' -> yes / no, answered by the world's own check. Half the scenes fit the prompt, half
+        are broken in a way the prompt can see (a stated colour, a shape, an object too many or too few; for a
+        relation, half of the broken ones have it mirrored); a quarter of the questions, once the model has
+        samples, are about its own images and the prompts they were made for."""
+        if self.own and self.rng.random() < 0.25:
+            codes, _, _, meta, ok = self.own[self.rng.integers(len(self.own))]
+            return self.yes_no(codes, meta, ok)
+        meta = self.meta()
+        objects = sample_scene(meta, self.rng)
+        if self.rng.random() < 0.5:
+            subject = meta["include"][-1]
+            if "position" in subject and self.rng.random() < 0.5:
+                mirrored = {**subject, "position": [MIRROR[subject["position"][0]], 0]}
+                objects = sample_scene({**meta, "include": [meta["include"][0], mirrored]}, self.rng)
+            else:
+                kinds = ("reshape", "extra_object", "drop_object") + (("recolor",) * 2 if "color" in subject else ())
+                objects, _ = perturb(objects, self.rng, kinds[self.rng.integers(len(kinds))])
+        return self.yes_no(self.codes(objects), meta, check(meta, objects)[0])
+
+    def yes_no(self, codes, meta, ok: bool):
+        answer = self.m.ids("yes" if ok else "no") + [self.m.tokenizer.eos_token_id]
+        return self.row(self.m.chat(codes, ASK.format(prompt=meta["prompt"])), answer)
 
     def reason(self):
         meta = self.meta()
@@ -168,12 +222,15 @@ class Batcher:
 
     def batch(self):
         b, gen = self.cfg.batch_size, GAPS[self.cfg.gap]
-        n_gen, n_r3 = round(b * gen), round(b * self.cfg.r3_share)
-        n_cap = b - n_gen - n_r3
-        rows = [self.generation() for _ in range(n_gen)]
+        n_gen, n_r3, n_judge = round(b * gen), round(b * self.cfg.r3_share), round(b * self.cfg.judge_share)
+        n_cap = b - n_gen - n_r3 - n_judge
+        rows = [self.generation() for _ in range(n_gen)] + [self.judge() for _ in range(n_judge)]
         rows += [self.caption(imperfect=self.rng.random() < self.cfg.imperfect_share) for _ in range(n_cap)]
-        r3 = (self.reason, lambda: self.reflect_or_refine(False), lambda: self.reflect_or_refine(True))
-        rows += [r3[i % 3]() for i in range(n_r3)]
+        # Reflection is the self-judge of SRUM and R3 (does the image match the prompt, and what is wrong): it gets
+        # half the R3 rows; reason and refine also train image output, which the weak gap keeps scarce.
+        reflect = lambda: self.reflect_or_refine(False)  # noqa: E731
+        r3 = (self.reason, reflect, lambda: self.reflect_or_refine(True), reflect)
+        rows += [r3[i % 4]() for i in range(n_r3)]
         return rows
 
     @torch.no_grad()
@@ -184,14 +241,14 @@ class Batcher:
             self.m.backbone, self.m.layout, [self.m.generation_prompt(x["prompt"]) for x in metas]
         )
         images = self.m.vq.decode(codes)
-        for c, img in zip(codes, images):
+        for c, img, meta in zip(codes, images, metas):
             p = detect(img)
             try:  # the colour-free listing has the largest counts: if it can be said, every caption can
                 describe(p.objects, colors=False)
             except PromptError:
                 self.too_crowded += 1  # reported at the end of pretraining
                 continue
-            self.own.append((c, p.objects, p.fragments))
+            self.own.append((c, p.objects, p.fragments, meta, check(meta, p.objects)[0]))
         self.own = self.own[-256:]
 
 

@@ -24,9 +24,13 @@ from umm_plugin.models.visual_tokenizer import PatchVQ
 
 SPECIALS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>", "<SOM>", "<EOM>", "<IMAGE>", "<think>", "</think>"]
 # Words of the instructions the tiny model is trained on (the world's own words come from its grammar).
-TASK_WORDS = "generate : describe the image . check edit no further needed add remove make at top middle bottom center"
+TASK_WORDS = (
+    "generate : describe the image . check edit no further needed add remove make at top middle bottom center "
+    "is this ? yes"
+)
 FORMAT = "umm-plugin/1"
 DESCRIBE = "describe the image ."  # the understanding instruction: captions, GvU's judge
+ASK = "is this {prompt} ?"  # the yes/no question: SRUM's and R3's self-judge
 
 
 class ModelError(ValueError):

@@ -12,41 +12,20 @@ judge=reference needs the engine to serve the base weights (not implemented for 
 """
 
 import math
-from copy import deepcopy
 
-import numpy as np
 import torch
-from openrlhf.utils.agent import AgentExecutorBase
 
 from umm_plugin.models.diffusion_head import render_codes
-from umm_plugin.models.umm import DESCRIBE, UMM
-from umm_plugin.openrlhf.plugin import umm_config
-from umm_plugin.worlds.evaluator import detect, evaluate
-from umm_plugin.worlds.grammar import PromptError, parse_prompt
+from umm_plugin.models.umm import DESCRIBE
+from umm_plugin.openrlhf.executor import UMMExecutor
 
 
-class AgentExecutor(AgentExecutorBase):
-    def __init__(self):
-        self.cfg = umm_config()
-        self.umm = None
-        self.generator = torch.Generator().manual_seed(0)
-
-    def model(self, llm_engine) -> UMM:
-        if self.umm is None:
-            self.umm = getattr(llm_engine, "umm", None) or UMM.from_pretrained(llm_engine.kwargs["model"])
-        return self.umm
-
+class AgentExecutor(UMMExecutor):
     async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
         umm = self.model(llm_engine)
-        lay = umm.layout
         ids = umm.generation_prompt(prompt)
-        params = deepcopy(sampling_params)
-        params.max_tokens = lay.grid**2
-        params.allowed_token_ids = list(range(lay.image_offset, lay.image_offset + lay.num_codes))
-        params.min_p, params.top_k = self.cfg.min_p, self.cfg.top_k or -1
-        out = await llm_engine.generate(ids, params)
-        tokens = list(out.outputs[0].token_ids)
-        codes = torch.tensor(tokens) - lay.image_offset
+        tokens = await self.generate_codes(llm_engine, sampling_params, ids)
+        codes = torch.tensor(tokens) - umm.layout.image_offset
 
         # The exact codebook render is what the evaluator logs read (the head reproduces it: round-trip 1.0); the
         # diffusion head runs only for `reencode`, the authors' decode-then-re-tokenize judge input.
@@ -66,29 +45,4 @@ class AgentExecutor(AgentExecutorBase):
         if not math.isfinite(reward):
             raise ValueError(f"GvU reward is {reward} for prompt {prompt!r}: the judge produced non-finite log-probs")
 
-        logs = {"gvu_reward": reward}
-        try:  # ShapesWorld prompts: log what the exact evaluator sees (hacking indicators), never reward with it
-            meta = parse_prompt(prompt).meta()
-            objects = len(detect(pixels[0]).objects)
-            logs |= {
-                "shapes_accuracy": float(evaluate(pixels[0], meta)[0]),
-                "objects_per_image": float(objects),
-                "extra_objects": float(objects > sum(r["count"] for r in meta["include"])),
-            }
-        except PromptError:
-            pass
-        if hasattr(llm_engine, "record"):
-            llm_engine.record(logs)
-        return {
-            "prompt": prompt,
-            "label": label,
-            "images": images,
-            "mm_train_inputs": None,
-            "observation_tokens": ids + tokens,
-            "action_ranges": [(len(ids), len(ids) + len(tokens))],
-            "rollout_log_probs": None,
-            "truncated": False,
-            "reward": reward,
-            "scores": reward,
-            "extra_logs": {k: float(np.float32(v)) for k, v in logs.items()},
-        }
+        return self.response(llm_engine, prompt, label, images, ids, tokens, pixels[0], reward, {"gvu_reward": reward})

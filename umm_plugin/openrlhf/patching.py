@@ -45,13 +45,14 @@ def _patch(root: Path, patch: Path, *flags: str) -> bool:
 
 def applied_count(root: Path, files: list[Path]) -> int:
     """How many patches the installed OpenRLHF has. They are applied in order and later ones may edit lines next to
-    earlier ones, so the state is a prefix, found by trying it out on a scratch copy of the package."""
+    (or added by) earlier ones, so the state is a prefix k, found on a scratch copy of the package: reverting the
+    first k must give a tree that every patch then applies to, in order."""
     for k in range(len(files), -1, -1):
         with tempfile.TemporaryDirectory() as tmp:
             ignore = shutil.ignore_patterns("__pycache__")
             shutil.copytree(root / "openrlhf", Path(tmp) / "openrlhf", ignore=ignore)
             if all(_patch(Path(tmp), p, "-R") for p in reversed(files[:k])) and all(
-                _patch(Path(tmp), p) for p in files[k:]
+                _patch(Path(tmp), p) for p in files
             ):
                 return k
     raise PatchError(

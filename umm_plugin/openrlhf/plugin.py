@@ -1,8 +1,10 @@
 """The OpenRLHF plugin entry: `--plugins umm_plugin.openrlhf.plugin:register` (needs `umm-plugin patch-openrlhf`).
 
 `register(parser)` runs in the driver before parsing and `register(None)` in every Ray worker. It adds the `--umm.*`
-flags (GvUConfig's fields), registers the `gvu_grpo` advantage estimator, and returns a check that validates the
-flags, the model directory and the prompt file before Ray starts, so bad input fails in one line, not in a worker.
+flags (GvUConfig's fields: rollout, judge weights, evaluation; shared by the recipes) and the `--srum.*` flags
+(SRUMConfig), registers the `gvu_grpo` and the token-level `srum_dense` advantage estimators, and returns a check
+that validates the flags, the model directory and the prompt file before Ray starts, so bad input fails in one
+line, not in a worker.
 """
 
 import dataclasses
@@ -12,6 +14,8 @@ from pathlib import Path
 import torch
 
 from umm_plugin.algos.grpo import group_advantages
+from umm_plugin.algos.srum import dense_group_advantages
+from umm_plugin.openrlhf.srum import SRUMConfig
 
 JUDGES = ("policy", "reference")
 
@@ -76,10 +80,25 @@ def umm_config() -> GvUConfig:
     return GvUConfig(**vars(umm)) if umm is not None else GvUConfig()
 
 
+def srum_config() -> SRUMConfig:
+    from openrlhf.utils.plugins import plugin_args
+
+    srum = getattr(plugin_args(), "srum", None)
+    return SRUMConfig(**vars(srum)) if srum is not None else SRUMConfig()
+
+
 def gvu_grpo(rewards: torch.Tensor):
     """The `gvu_grpo` estimator: GvU's group normalisation; zero-variance groups logged per sample."""
     adv, flat = group_advantages(rewards.float(), umm_config().eps)
     return adv, {"zero_variance_group": flat.float()}
+
+
+def srum_dense(token_rewards: torch.Tensor, action_mask: torch.Tensor):
+    """The `srum_dense` token-level estimator: SRUM's map pooled per image token, normalised within the group."""
+    cfg = srum_config()
+    adv = dense_group_advantages(token_rewards.float(), action_mask, cfg.per, cfg.eps)
+    counted = action_mask.sum(-1).clamp(min=1)
+    return adv, {"zero_advantage_tokens": ((adv == 0) & (action_mask > 0)).sum(-1) / counted}
 
 
 def check(parser, args) -> None:
@@ -89,6 +108,7 @@ def check(parser, args) -> None:
 
     try:
         cfg = GvUConfig(**vars(args.umm))
+        SRUMConfig(**vars(args.srum))
         if cfg.judge == "reference" and args.ds.lora.rank <= 0:
             raise ValueError("--umm.judge reference needs LoRA (--ds.lora.rank > 0): the reference is LoRA off")
         model_dir = Path(args.actor.model_name_or_path or "")
@@ -107,11 +127,13 @@ def register(parser=None):
     from openrlhf.trainer.ppo_utils.experience_maker import register_advantage_estimator
 
     register_advantage_estimator("gvu_grpo", gvu_grpo)
+    register_advantage_estimator("srum_dense", srum_dense, token_level=True)
     if parser is None:  # a Ray worker: Ray pins workers to one thread unless told otherwise
         if umm_config().threads:
             torch.set_num_threads(umm_config().threads)
         return None
-    for f in dataclasses.fields(GvUConfig):
-        kind = true_or_false if f.type in (bool, "bool") else type(f.default)
-        parser.add_argument(f"--umm.{f.name}", type=kind, default=f.default, help=f.metadata["help"])
+    for prefix, cls in (("umm", GvUConfig), ("srum", SRUMConfig)):
+        for f in dataclasses.fields(cls):
+            kind = true_or_false if f.type in (bool, "bool") else type(f.default)
+            parser.add_argument(f"--{prefix}.{f.name}", type=kind, default=f.default, help=f.metadata["help"])
     return lambda args: check(parser, args)

@@ -7,11 +7,11 @@ max(M, (s + 1) / 2), then M * (g + 1) / 2. Where we differ, each is a switch:
   number and parsing it (`scorer="text"`, the authors' way). It has no sampling noise and needs no number words.
 - `local_min=True` lets a bad region fall below 0.5 (its own (s + 1) / 2; where boxes overlap, the lowest wins);
   the authors' max never penalises a region, only rewards good ones.
-The tiny ShapesWorld model learned R3's reflection, "check : <prompt>" -> "no further edit needed" or an edit
-("add/remove/make ..."), and that is its yes/no question: yes = the no-edit answer's first word, no = the edit
-verbs. A chat VLM swaps `question`, `yes` and `no`. A region is asked about on its own: the box is cut onto an
-empty canvas and compared with every object of the prompt ("a photo of a red circle"); s is the best match, i.e.
-which prompt object it is and how well it matches. Positions and counts are the global question's job.
+The tiny ShapesWorld model is pretrained to answer "is this <prompt> ?" with yes or no (from the world's own check,
+on clean, broken and its own images); that is the question, yes = "yes", no = "no". A chat VLM swaps `question`,
+`yes` and `no`. A region is asked about on its own: the box is cut onto an empty canvas and compared with every
+object of the prompt ("a photo of a red circle"); s is the best match, i.e. which prompt object it is and how well
+it matches. Positions and counts are the global question's job.
 """
 
 import re
@@ -20,13 +20,13 @@ from collections import deque
 import numpy as np
 import torch
 
-from umm_plugin.models.generation import generate_text, left_pad
-from umm_plugin.models.pretrain import NO_EDIT
+from umm_plugin.models.generation import continuation_logprobs, generate_text, left_pad
+from umm_plugin.models.umm import ASK, DESCRIBE
 from umm_plugin.worlds.grammar import Group, Structure, parse_prompt
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, end exclusive
-QUESTION = "check : {prompt}"
-YES, NO = "no", "add remove make"
+QUESTION = ASK
+YES, NO = "yes", "no"
 CHUNK = 256  # judge rows per forward pass
 
 
@@ -107,9 +107,9 @@ def yes_no_scores(model, codes: torch.Tensor, questions: list[str], yes: str = Y
     return torch.cat(out).cpu()
 
 
-def parse_verdict(text: str, no: str = NO) -> float:
+def parse_verdict(text: str, yes: str = YES, no: str = NO) -> float:
     """The `text` scorer's reading of an answer: a number in [-1, 1] if one is written (a VLM asked for a score),
-    else the reflection verdict: the no-edit answer -> 1, an edit instruction -> -1. Anything else is an error."""
+    else a yes (1) or a no (-1) as the first word. Anything else is an error, never a silent 0."""
     number = re.search(r"-?\d+(?:\.\d+)?", text)
     if number:
         value = float(number.group())
@@ -117,11 +117,27 @@ def parse_verdict(text: str, no: str = NO) -> float:
             raise ValueError(f"judge wrote {value} in {text!r}: scores must lie in [-1, 1]")
         return value
     words = text.split()
-    if " ".join(words) == NO_EDIT:
+    if words and words[0] in yes.split():
         return 1.0
     if words and words[0] in no.split():
         return -1.0
-    raise ValueError(f"cannot read a verdict from the judge's answer {text!r}: expected a score, {NO_EDIT!r}, an edit")
+    raise ValueError(f"cannot read a verdict from the judge's answer {text!r}: expected a score, {yes!r} or {no!r}")
+
+
+@torch.no_grad()
+def caption_scores(model, codes: torch.Tensor, questions: list[str]) -> torch.Tensor:
+    """2 p - 1 with p = exp(mean log p(subject + end | image, describe-instruction)), the subject being what the
+    question asks about (the text between "is this" and "?"): how likely the model is to describe the image as
+    exactly that. One teacher-forced pass per CHUNK rows (GvU's reward, used as a yes/no)."""
+    pre, post = QUESTION.split("{prompt}")
+    subjects = [q.removeprefix(pre).removesuffix(post) for q in questions]
+    out = []
+    for i in range(0, len(subjects), CHUNK):
+        prefixes = [model.chat(c, DESCRIBE) for c in codes[i : i + CHUNK]]
+        targets = [model.ids(t) + [model.tokenizer.eos_token_id] for t in subjects[i : i + CHUNK]]
+        logp, mask = continuation_logprobs(model.backbone, prefixes, targets, pad_id=model.tokenizer.pad_token_id)
+        out.append(2 * torch.exp(logp.sum(-1) / mask.sum(-1)) - 1)
+    return torch.cat(out).float().cpu()
 
 
 @torch.no_grad()
@@ -135,14 +151,12 @@ def text_scores(model, codes: torch.Tensor, questions: list[str], max_new_tokens
     return torch.tensor([parse_verdict(" ".join(model.tokenizer.convert_ids_to_tokens(a))) for a in answers])
 
 
-def self_judge(model, images: np.ndarray, prompts: list[str], k: int = 5, scorer: str = "prob", proposer=None):
-    """The model's own SRUM scores for its images [N, H, W, 3]: (boxes per image, local scores per image [n_boxes],
-    global scores [N]). Every question of the batch is asked in one go."""
-    if scorer not in ("prob", "text"):
-        raise ValueError(f"scorer must be 'prob' or 'text', got {scorer!r}")
+def judge_questions(model, images: np.ndarray, prompts: list[str], k: int = 5, proposer=None):
+    """Every question SRUM asks about images [N, H, W, 3]: (boxes per image, codes [Q, grid*grid], questions [Q],
+    owners [Q]) with owner (image, box index or -1 for the global question). Each region is asked once per prompt
+    object, on the region cut out; the whole image once, against the prompt."""
     proposer = proposer or (lambda image: components_proposer(image, k))
-    codes, questions, owner = [], [], []  # owner: (image, box index or -1 for global, object index)
-    boxes = []
+    boxes, codes, questions, owners = [], [], [], []
     for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
         found = list(proposer(image))[:k]
         boxes.append(found)
@@ -150,22 +164,39 @@ def self_judge(model, images: np.ndarray, prompts: list[str], k: int = 5, scorer
         crops = model.vq.encode(np.stack([image] + [cut(image, b) for b in found]))
         codes.append(crops[0])
         questions.append(QUESTION.format(prompt=prompt))
-        owner.append((i, -1))
+        owners.append((i, -1))
         for b in range(len(found)):
             for obj in objects:
                 codes.append(crops[b + 1])
                 questions.append(QUESTION.format(prompt=obj))
-                owner.append((i, b))
-    score = yes_no_scores if scorer == "prob" else text_scores
-    values = score(model, torch.stack(codes), questions).tolist()
+                owners.append((i, b))
+    return boxes, torch.stack(codes), questions, owners
+
+
+def collect_scores(boxes, owners, values):
+    """Answers to `judge_questions` -> (local scores per image, best over the prompt's objects; global scores [N])."""
     local = [torch.full((len(b),), -1.0) for b in boxes]
-    glob = torch.zeros(len(images))
-    for (i, b), v in zip(owner, values):
+    glob = torch.zeros(len(boxes))
+    for (i, b), v in zip(owners, values, strict=True):
         if b < 0:
             glob[i] = v
         else:
             local[i][b] = max(local[i][b].item(), v)
+    return local, glob
+
+
+def self_judge(model, images: np.ndarray, prompts: list[str], k: int = 5, scorer: str = "prob", proposer=None):
+    """The model's own SRUM scores for its images [N, H, W, 3]: (boxes per image, local scores per image [n_boxes],
+    global scores [N]). Every question of the batch is asked in one go."""
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
+    boxes, codes, questions, owners = judge_questions(model, images, prompts, k, proposer)
+    score = SCORERS[scorer]
+    local, glob = collect_scores(boxes, owners, score(model, codes, questions).tolist())
     return boxes, local, glob
+
+
+SCORERS = {"prob": yes_no_scores, "caption": caption_scores, "text": text_scores}
 
 
 def overlay(image: np.ndarray, m: torch.Tensor) -> np.ndarray:

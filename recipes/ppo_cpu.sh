@@ -1,0 +1,42 @@
+# Sourced by the RL recipes: `ppo_cpu AGENT_MODULE ESTIMATOR [extra train_ppo_ray flags]` runs OpenRLHF's real
+# train_ppo_ray on CPU (Ray + DeepSpeed on gloo, the plugin's UMM rollout engine) with LoRA on the ShapesWorld base.
+# Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N from the recipe; pretrains the weak base if missing.
+# On GPUs drop --ds.device, --ds.param_dtype fp32, --vllm.sync_backend gloo and --rollout.engine to roll out on vLLM.
+ppo_cpu() {
+  local agent estimator
+  agent=$("$PY" -c "import $1 as m; print(m.__file__)")
+  estimator=$2
+  shift 2
+  if [ $((STEPS % EVAL_STEPS)) != 0 ]; then
+    echo "--steps $STEPS must be a multiple of $EVAL_STEPS (the engine evaluates and saves every $EVAL_STEPS)" >&2
+    exit 2
+  fi
+  mkdir -p "$OUT"
+  if [ ! -f "$BASE/umm_config.json" ]; then
+    "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak
+  fi
+  "$PY" -m umm_plugin.cli shapes prompts --split train --n $((STEPS * PROMPTS)) --out "$OUT/train.jsonl"
+  RAY_DEDUP_LOGS=0 TOKENIZERS_PARALLELISM=false "$PY" -m openrlhf.cli.train_ppo_ray \
+    --plugins umm_plugin.openrlhf.plugin:register \
+    --rollout.engine umm_plugin.openrlhf.engine:create_engines \
+    --train.agent_func_path "$agent" \
+    --actor.model_name_or_path "$BASE" \
+    --data.prompt_dataset "$OUT/train.jsonl" --data.input_key prompt --data.label_key tag \
+    --data.max_len 256 --rollout.max_new_tokens 64 \
+    --ds.device cpu --ds.param_dtype fp32 --ds.zero_stage 2 --ds.attn_implementation eager \
+    --vllm.sync_backend gloo --vllm.num_engines 1 \
+    --actor.num_nodes 1 --actor.num_gpus_per_node 1 --ref.num_nodes 1 --ref.num_gpus_per_node 1 \
+    --rollout.batch_size $PROMPTS --rollout.n_samples_per_prompt $G --rollout.micro_batch_size $((PROMPTS * G)) \
+    --train.batch_size $((PROMPTS * G)) --train.micro_batch_size $((PROMPTS * G)) --train.max_epochs 1 \
+    --train.num_episodes 1 --data.max_samples $((STEPS * PROMPTS)) \
+    --algo.advantage.estimator "$estimator" --algo.kl.use_loss --algo.kl.estimator k3 --algo.kl.init_coef 0.03 \
+    --rollout.temperature 1.0 --actor.adam.lr 2e-4 --actor.lr_warmup_ratio 0 --actor.min_lr_ratio 1 \
+    --actor.lr_scheduler constant_with_warmup \
+    --ds.lora.rank 8 --ds.lora.alpha 32 \
+    --ds.lora.target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj \
+    --umm.judge policy --umm.threads 2 --umm.eval_steps $EVAL_STEPS --umm.eval_n $EVAL_N --umm.log_dir "$OUT" \
+    --ckpt.output_dir "$OUT/actor" --ckpt.path "$OUT/ckpt" --ckpt.save_steps -1 \
+    --logger.logging_steps 1 --train.seed 0 \
+    "$@"
+  echo "curve: $OUT/curve.csv  grids: $OUT/grid_*.png  policy checkpoint: $OUT/policy"
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# SRUM (global + local self-reward) on the ShapesWorld weak base.
+#
+#   bash recipes/srum.sh [--offline] [--smoke] [--steps N] [-- extra flags]
+#
+# --offline: the authors' method, `umm-plugin srum` (self-judged reward maps, then a reward-weighted fine-tune on
+#   OpenRLHF's DeepSpeed strategy); extra flags go to it (see `umm-plugin srum --help`).
+# default (online, beyond the paper): OpenRLHF's real train_ppo_ray with the SRUM executor, the map pooled onto the
+#   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
+#   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
+# Both judge with `caption` scores by default (the tiny base's yes/no answers only see counts; bench/RESULTS.md).
+# Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
+# UMM_OUT (run dir: runs/srum[_offline][_smoke]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${UMM_PYTHON:-.venv/bin/python}
+BASE=${UMM_BASE:-runs/shapes-weak}
+SMOKE=0
+OFFLINE=0
+STEPS=200
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1; shift ;;
+    --offline) OFFLINE=1; shift ;;
+    --steps) STEPS=$2; shift 2 ;;
+    --) shift; break ;;
+    *) echo "srum.sh: unknown option $1 (use --offline, --smoke, --steps N, -- extra flags)" >&2; exit 2 ;;
+  esac
+done
+NAME=srum
+if [ "$OFFLINE" = 1 ]; then NAME=${NAME}_offline; fi
+if [ "$SMOKE" = 1 ]; then NAME=${NAME}_smoke; fi
+OUT=${UMM_OUT:-runs/$NAME}
+
+if [ "$OFFLINE" = 1 ]; then
+  if [ ! -f "$BASE/umm_config.json" ]; then
+    "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak
+  fi
+  if [ "$SMOKE" = 1 ]; then
+    SIZE=(--n-prompts 4 --samples 2 --epochs 1 --batch-size 8 --micro-batch-size 4 --eval-n 8)
+  else
+    SIZE=(--n-prompts 1024 --samples 8 --epochs 2 --batch-size 64 --micro-batch-size 32 --eval-n 400)
+  fi
+  "$PY" -m umm_plugin.cli srum --model "$BASE" --out "$OUT" --scorer caption "${SIZE[@]}" "$@"
+  echo "curve: $OUT/curve.csv  grids: $OUT/grid_*.png  maps: $OUT/maps.png  model: $OUT/model"
+  exit 0
+fi
+
+if [ "$SMOKE" = 1 ]; then
+  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=16
+else
+  PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=400
+fi
+source recipes/ppo_cpu.sh
+ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer caption "$@"

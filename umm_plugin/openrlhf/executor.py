@@ -1,0 +1,66 @@
+"""What every UMM executor (the `--train.agent_func_path` files) shares: the model the engine serves, image-token
+generation through the engine's vLLM-shaped `generate`, and the finished OpenRLHF response with the ShapesWorld
+evaluator's verdict logged beside the recipe's own reward (logged, never rewarded with)."""
+
+from copy import deepcopy
+
+import numpy as np
+import torch
+from openrlhf.utils.agent import AgentExecutorBase
+
+from umm_plugin.models.umm import UMM
+from umm_plugin.openrlhf.plugin import umm_config
+from umm_plugin.worlds.evaluator import detect, evaluate
+from umm_plugin.worlds.grammar import PromptError, parse_prompt
+
+
+class UMMExecutor(AgentExecutorBase):
+    def __init__(self):
+        self.cfg = umm_config()
+        self.umm = None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def model(self, llm_engine) -> UMM:
+        """The engine's own UMM (our engine), or the small non-backbone parts loaded next to vLLM's backbone."""
+        if self.umm is None:
+            self.umm = getattr(llm_engine, "umm", None) or UMM.from_pretrained(llm_engine.kwargs["model"])
+        return self.umm
+
+    async def generate_codes(self, llm_engine, sampling_params, ids: list[int]) -> list[int]:
+        """One image's token ids after `ids`, sampled with the run's top-k/min-p, logits limited to the image vocab."""
+        lay = self.model(llm_engine).layout
+        params = deepcopy(sampling_params)
+        params.max_tokens = lay.grid**2
+        params.allowed_token_ids = list(range(lay.image_offset, lay.image_offset + lay.num_codes))
+        params.min_p, params.top_k = self.cfg.min_p, self.cfg.top_k or -1
+        out = await llm_engine.generate(ids, params)
+        return list(out.outputs[0].token_ids)
+
+    def response(self, llm_engine, prompt, label, images, ids, tokens, pixels, reward: float, logs: dict, **extra):
+        """The executor's answer to OpenRLHF: one action (the image tokens), the reward, and the logs."""
+        try:  # ShapesWorld prompts: log what the exact evaluator sees (hacking indicators)
+            meta = parse_prompt(prompt).meta()
+            objects = len(detect(pixels).objects)
+            logs |= {
+                "shapes_accuracy": float(evaluate(pixels, meta)[0]),
+                "objects_per_image": float(objects),
+                "extra_objects": float(objects > sum(r["count"] for r in meta["include"])),
+            }
+        except PromptError:
+            pass
+        if hasattr(llm_engine, "record"):
+            llm_engine.record(logs)
+        return {
+            "prompt": prompt,
+            "label": label,
+            "images": images,
+            "mm_train_inputs": None,
+            "observation_tokens": ids + tokens,
+            "action_ranges": [(len(ids), len(ids) + len(tokens))],
+            "rollout_log_probs": None,
+            "truncated": False,
+            "reward": reward,
+            "scores": reward,
+            "extra_logs": {k: float(np.float32(v)) for k, v in logs.items()},
+            **extra,
+        }

@@ -1,0 +1,257 @@
+"""SRUM, the authors' way: an offline reward-weighted fine-tune, run on OpenRLHF's DeepSpeed strategy.
+
+`umm-plugin srum --model DIR --out DIR`: the model generates images for training prompts, judges them itself
+(`rewards/srum.py`: boxes, local and global scores, reward maps; PNG overlays written next to the run), and is then
+fine-tuned on them for a few epochs with L = mean[M · ‖v̂ − (ε − x)‖²] + λ · mean‖v̂ − (ε − x_ref)‖² on the
+diffusion head and, because in the X-Omni layout the AR image tokens decide what is drawn where (the head only
+renders them), the same map pooled to the token grid weighting the image tokens' NLL (`--train both`, our default;
+`--train head` is the paper's choice of what to train, and cannot change a layout here). Each trained part gets its
+own DeepSpeed engine and optimizer through `DeepspeedStrategy.prepare`, so `torchrun --nproc_per_node N -m
+umm_plugin.cli srum ...` shards the prompts over ranks like `train_sft` does; run alone it sets up a one-process
+gloo group itself. Held-out accuracy is evaluated before training and after every epoch into curve.csv/png and
+grids, as the online recipes do; the result is saved atomically as a complete model directory.
+"""
+
+import dataclasses
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+SCORERS, TRAINED, PER = ("prob", "caption", "text"), ("both", "head", "backbone"), ("position", "sample")
+
+
+@dataclass
+class SRUMConfig:
+    """The judge, map and loss of SRUM: `--srum.*` flags online, `umm-plugin srum` options offline."""
+
+    k: int = field(default=5, metadata={"help": "Regions per image, largest first (authors: 5 or 10)."})
+    scorer: str = field(
+        default="prob",
+        metadata={
+            "help": "prob: p(yes) - p(no) in one pass; caption: 2 p(the model describes it so) - 1; text: parse "
+            "the answer the model writes (authors)."
+        },
+    )
+    local_min: bool = field(
+        default=False, metadata={"help": "Let a bad region fall below 0.5 (authors: max(0.5, score), false)."}
+    )
+    lam: float = field(default=0.5, metadata={"help": "Weight of the unweighted reference term (authors: 0.5)."})
+    per: str = field(
+        default="position",
+        metadata={"help": "Online: normalise each token's reward within its group per position or per sample."},
+    )
+    eps: float = field(default=1e-4, metadata={"help": "Online: advantage denominator std + eps."})
+
+    def __post_init__(self):
+        for name, allowed in (("scorer", SCORERS), ("per", PER)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"srum {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        if self.k < 1:
+            raise ValueError(f"srum k {self.k} must be at least 1")
+        if self.lam < 0 or self.eps <= 0:
+            raise ValueError(f"srum lam {self.lam} must be >= 0 and eps {self.eps} > 0")
+
+
+@dataclass
+class SRUMOfflineConfig(SRUMConfig):
+    model: str = field(default="", metadata={"help": "Model directory to start from (required)."})
+    out: str = field(default="", metadata={"help": "Where the fine-tuned model, curves, grids and maps go."})
+    prompts: str = field(default="", metadata={"help": "GenEval JSONL of training prompts ('' = ShapesWorld train)."})
+    n_prompts: int = field(default=512, metadata={"help": "Training prompts when --prompts is not given."})
+    samples: int = field(default=4, metadata={"help": "Images generated per prompt."})
+    train: str = field(default="both", metadata={"help": "What to fine-tune: both, head (the paper), backbone."})
+    epochs: int = field(default=2, metadata={"help": "Passes over the generated data."})
+    lr: float = field(default=2e-5, metadata={"help": "Learning rate of every trained part (authors: 2e-5)."})
+    batch_size: int = field(default=64, metadata={"help": "Samples per optimizer step (all ranks)."})
+    micro_batch_size: int = field(default=16, metadata={"help": "Samples per forward pass and rank."})
+    min_p: float = field(default=0.03, metadata={"help": "Image-token min-p when generating (GvU rollouts: 0.03)."})
+    eval_n: int = field(default=200, metadata={"help": "Held-out prompts per evaluation (0 = none)."})
+    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage."})
+    seed: int = field(default=0, metadata={"help": "Seeds prompts, sampling, noise and the data order."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.model or not self.out:
+            raise ValueError("srum needs --model (a model directory) and --out")
+        if self.train not in TRAINED:
+            raise ValueError(f"srum train {self.train!r}: use one of {', '.join(TRAINED)}")
+        for name in ("n_prompts", "samples", "epochs", "batch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"srum {name} {getattr(self, name)} must be at least 1")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"srum batch_size {self.batch_size} must be a multiple of micro_batch_size")
+        if self.lr <= 0 or not 0 <= self.min_p < 1:
+            raise ValueError(f"srum lr {self.lr} must be > 0 and min_p {self.min_p} in [0, 1)")
+
+
+@torch.no_grad()
+def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, min_p: float, gen: torch.Generator) -> dict:
+    """The model's own images for `prompts` and its reward maps for them: codes, images, maps, global scores."""
+    from umm_plugin.eval import generate_images
+    from umm_plugin.rewards.srum import reward_map, self_judge
+
+    codes, images = generate_images(model, prompts, seed=int(torch.randint(1 << 30, (1,), generator=gen)), min_p=min_p)
+    boxes, local, g = self_judge(model, images, prompts, cfg.k, cfg.scorer)
+    size = images.shape[1]
+    maps = torch.stack([reward_map(b, s, gi, size, cfg.local_min) for b, s, gi in zip(boxes, local, g.tolist())])
+    return {"prompts": prompts, "codes": codes, "images": images, "maps": maps, "global": g, "boxes": boxes}
+
+
+def _single_process_group() -> None:
+    """Launched without torchrun/deepspeed: a one-rank group on loopback, the way those launchers would set it."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _strategy(cfg: SRUMOfflineConfig):
+    """OpenRLHF's DeepspeedStrategy with the arguments its CLIs would parse (CPU unless CUDA is there)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from openrlhf.utils.deepspeed import DeepspeedStrategy
+
+    ds = SimpleNamespace(
+        param_dtype="bf16" if torch.cuda.is_available() else "fp32",
+        adam_offload=False,
+        zpg=1,
+        use_universal_ckpt=False,
+        grad_accum_dtype=None,
+        overlap_comm=False,
+        deepcompile=False,
+        tensor_parallel_size=1,
+        ring_attn_size=1,
+    )
+    args = SimpleNamespace(ds=ds, train=SimpleNamespace(dynamic_batch_enable=False), local_rank=-1)
+    return DeepspeedStrategy(
+        seed=cfg.seed, max_norm=1.0, micro_train_batch_size=cfg.micro_batch_size, train_batch_size=cfg.batch_size,
+        zero_stage=cfg.zero_stage, args=args,
+    )  # fmt: skip
+
+
+def _optim(cfg: SRUMOfflineConfig, steps: int) -> dict:
+    return {
+        "optim": "adam",
+        "adam": {"lr": cfg.lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+        "lr_scheduler": "constant_with_warmup",
+        "lr_warmup_ratio": 0.0,
+        "max_norm": 1.0,
+        "scheduler_steps": steps,
+    }
+
+
+def _evaluate(model, cfg: SRUMOfflineConfig, out: Path, step: int, extra: dict) -> dict:
+    from umm_plugin.eval import save_grid, shapes_rollout_stats
+    from umm_plugin.openrlhf.curves import append_curve
+
+    stats, images = shapes_rollout_stats(model, cfg.eval_n, True, min_p=cfg.min_p)
+    save_grid(images[:16], f"epoch {step}: held-out accuracy {stats['accuracy']:.3f}", out / f"grid_{step:05d}.png")
+    row = {"step": step, **stats, **extra}
+    append_curve(out, row)
+    return row
+
+
+def train_offline(cfg: SRUMOfflineConfig, log=print):
+    """Generate, self-judge, fine-tune; returns the final evaluation row (or {} with eval_n 0)."""
+    import torch.distributed as dist
+
+    from umm_plugin.algos.srum import pool_to_grid, srum_flow_loss, srum_token_loss
+    from umm_plugin.eval import save_grid
+    from umm_plugin.models.diffusion_head import to_pixels
+    from umm_plugin.models.generation import continuation_logprobs
+    from umm_plugin.models.umm import UMM
+    from umm_plugin.rewards.srum import overlay
+    from umm_plugin.worlds.grammar import load_prompts, make_prompts
+
+    t0 = time.time()
+    model = UMM.from_pretrained(cfg.model)
+    metas = load_prompts(cfg.prompts) if cfg.prompts else make_prompts(cfg.n_prompts, "train", cfg.seed)
+    _single_process_group()
+    strategy = _strategy(cfg)
+    strategy.setup_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(cfg.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "srum_config.json").write_text(str(dataclasses.asdict(cfg)))
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    prompts = [m["prompt"] for m in metas[rank::world] for _ in range(cfg.samples)]
+
+    rows = [_evaluate(model, cfg, out, 0, {"seconds": 0.0})] if cfg.eval_n and rank == 0 else []
+    data = self_rewarded_samples(model, prompts, cfg, cfg.min_p, gen)
+    n = len(prompts)
+    if rank == 0:
+        show = [overlay(i, m) for i, m in zip(data["images"][:16], data["maps"][:16])]
+        save_grid(np.stack(show), "reward maps (green 1, red 0) of the first samples", out / "maps.png")
+    log(
+        f"rank {rank}: {n} self-judged samples in {time.time() - t0:.0f}s, mean global score "
+        f"{data['global'].mean():.3f}, mean map {data['maps'].mean():.3f}"
+    )
+
+    micro = cfg.micro_batch_size
+    steps_per_epoch = n // (cfg.batch_size // world)
+    parts = {"backbone": model.backbone, "head": model.head}
+    trained = list(parts) if cfg.train == "both" else [cfg.train]
+    engines = {}
+    for name in trained:
+        parts[name].train()
+        engines[name], _, _ = strategy.prepare((parts[name], _optim(cfg, max(1, steps_per_epoch * cfg.epochs))))
+    x = to_pixels(data["images"])
+    token_w = pool_to_grid(data["maps"], model.layout.grid)
+    prefixes = [model.generation_prompt(p) for p in prompts]
+    off = model.layout.image_offset
+    for epoch in range(1, cfg.epochs + 1):
+        order = torch.randperm(n, generator=gen)[: steps_per_epoch * (cfg.batch_size // world)]
+        losses = {name: [] for name in trained}
+        for i in range(0, len(order), micro):
+            idx = order[i : i + micro]
+            if "backbone" in engines:
+                bb = engines["backbone"]
+                logp, mask = continuation_logprobs(
+                    bb.module, [prefixes[j] for j in idx], [(data["codes"][j] + off).tolist() for j in idx]
+                )
+                loss = srum_token_loss(logp, mask.float(), token_w[idx], cfg.lam)
+                bb.backward(loss)
+                bb.step()
+                losses["backbone"].append(loss.item())
+            if "head" in engines:
+                hd = engines["head"]
+                x0 = x[idx]
+                noise = torch.randn(x0.shape, generator=gen)
+                sigma = torch.sigmoid(torch.randn(len(x0), generator=gen))[:, None, None, None]  # logit-normal t
+                v = hd((1 - sigma) * x0 + sigma * noise, sigma.flatten(), data["codes"][idx])
+                loss = srum_flow_loss(v, noise, x0, data["maps"][idx][:, None], cfg.lam)
+                hd.backward(loss)
+                hd.step()
+                losses["head"].append(loss.item())
+        for name in trained:
+            parts[name] = engines[name].module.eval()
+        model.backbone, model.head = parts["backbone"], parts["head"]
+        extra = {f"loss_{k}": float(np.mean(v)) for k, v in losses.items()}
+        extra["seconds"] = round(time.time() - t0, 1)
+        log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+        if cfg.eval_n and rank == 0:
+            rows.append(_evaluate(model, cfg, out, epoch, extra))
+            log(f"epoch {epoch}: held-out accuracy {rows[-1]['accuracy']:.3f}")
+        for name in trained:
+            parts[name].train()
+    if rank == 0:
+        for name in trained:
+            parts[name].eval()
+        tmp, final = out / ".model.tmp", out / "model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)  # complete before it replaces the last one: never a half-written model
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        log(f"saved {final} ({time.time() - t0:.0f}s)")
+    dist.barrier()
+    return rows[-1] if rows else {}

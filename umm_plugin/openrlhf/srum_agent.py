@@ -1,0 +1,82 @@
+"""SRUM online (beyond the paper) as an OpenRLHF executor: pass this file's path to `--train.agent_func_path` with
+`--algo.advantage.estimator srum_dense`.
+
+For one prompt sample: generate the image tokens, render them with the diffusion head, and let the model judge its
+own picture the SRUM way (`rewards/srum.py`: regions from the proposer, a local score per region, a global score,
+the reward map; `--srum.scorer prob` or `caption`). The map pooled onto the image-token grid is returned as
+`token_rewards`, one per image token (patch 0006 carries them to the `srum_dense` estimator, which normalises each
+token within its group). The scores come from `generate(..., prompt_logprobs=0)` calls (the numbers
+`rewards/srum.py` computes in one pass), so the same executor runs on vLLM; `--umm.judge reference` asks the
+LoRA-free weights. The scalar `reward` (logged) is the map's mean; the ShapesWorld evaluator is logged beside it,
+never used as reward.
+"""
+
+import asyncio
+import math
+
+import torch
+
+from umm_plugin.algos.srum import pool_to_grid
+from umm_plugin.models.diffusion_head import render_codes
+from umm_plugin.models.umm import DESCRIBE
+from umm_plugin.openrlhf.executor import UMMExecutor
+from umm_plugin.openrlhf.plugin import srum_config
+from umm_plugin.rewards.srum import NO, QUESTION, YES, collect_scores, judge_questions, reward_map
+
+
+class AgentExecutor(UMMExecutor):
+    def __init__(self):
+        super().__init__()
+        self.srum = srum_config()
+        if self.srum.scorer == "text":
+            raise ValueError("the online SRUM agent scores with --srum.scorer prob or caption (teacher-forced passes)")
+
+    async def judge(self, llm_engine, sampling_params, codes, questions) -> list[float]:
+        """The questions' scores from `prompt_logprobs` requests: prob asks for p(yes) - p(no) as the next word (one
+        request per answer word), caption for 2 p(subject + end | image, describe) - 1 (one request each)."""
+        umm = self.model(llm_engine)
+        params = type(sampling_params)(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        kw = {} if self.cfg.judge == "policy" else {"use_adapter": False}
+        if self.srum.scorer == "prob":
+            yes, no = umm.ids(YES), umm.ids(NO)
+            rows = [(umm.chat(c, q), [w]) for c, q in zip(codes, questions) for w in yes + no]
+        else:
+            pre, post = QUESTION.split("{prompt}")
+            subjects = [q.removeprefix(pre).removesuffix(post) for q in questions]
+            end = [umm.tokenizer.eos_token_id]
+            rows = [(umm.chat(c, DESCRIBE), umm.ids(t) + end) for c, t in zip(codes, subjects)]
+        outs = await asyncio.gather(*[llm_engine.generate(ctx + tgt, params, **kw) for ctx, tgt in rows])
+        logp = torch.tensor(
+            [
+                sum(d[t].logprob for d, t in zip(o.prompt_logprobs[len(ctx) :], tgt)) / len(tgt)
+                for o, (ctx, tgt) in zip(outs, rows)
+            ]
+        )
+        if self.srum.scorer == "caption":
+            return (2 * logp.exp() - 1).tolist()
+        p = logp.exp().reshape(len(questions), len(yes) + len(no))
+        return (p[:, : len(yes)].sum(-1) - p[:, len(yes) :].sum(-1)).tolist()
+
+    async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
+        umm = self.model(llm_engine)
+        lay = umm.layout
+        ids = umm.generation_prompt(prompt)
+        tokens = await self.generate_codes(llm_engine, sampling_params, ids)
+        codes = torch.tensor(tokens) - lay.image_offset
+        with torch.no_grad():
+            pixels = render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator)
+
+        boxes, q_codes, questions, owners = judge_questions(umm, pixels, [prompt], self.srum.k)
+        values = await self.judge(llm_engine, sampling_params, q_codes, questions)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
+        local, g = collect_scores(boxes, owners, values)
+        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min)
+        cells = pool_to_grid(m[None], lay.grid)[0]
+
+        logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
+        token_rewards = [0.0] * len(ids) + cells.tolist()
+        reward = m.mean().item()  # logged; the estimator reads token_rewards
+        return self.response(
+            llm_engine, prompt, label, images, ids, tokens, pixels[0], reward, logs, token_rewards=token_rewards
+        )
