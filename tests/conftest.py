@@ -1,12 +1,24 @@
-"""Shared fixtures: a fitted visual tokenizer and a tiny seeded UMM built from configs (nothing is downloaded)."""
+"""Shared fixtures: a fitted visual tokenizer, tiny seeded UMMs built from configs (nothing is downloaded), and a
+loopback OpenAI-compatible server that judges ShapesWorld images with the exact evaluator (R3's `openai` judge)."""
+
+import base64
+import io
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from umm_plugin.models.pretrain import PretrainConfig, pretrain
 from umm_plugin.models.umm import UMM
 from umm_plugin.models.visual_tokenizer import PatchVQ
-from umm_plugin.worlds.grammar import WORDS, make_prompts, sample_scene
+from umm_plugin.worlds.evaluator import evaluate
+from umm_plugin.worlds.grammar import WORDS, make_prompts, parse_prompt, sample_scene
 from umm_plugin.worlds.scene import perturb, render
 
 
@@ -65,3 +77,58 @@ def judge_base(tmp_path_factory):
         lr=3e-3,
     )
     return pretrain(cfg, log=lambda *_: None)
+
+
+def decode(data_url: str) -> np.ndarray:
+    assert data_url.startswith("data:image/png;base64,")
+    return np.array(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def reply(self, status: int, body: bytes):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        time.sleep(srv.cfg["sleep"])
+        if self.path != "/v1/chat/completions":
+            return self.reply(404, b'{"error": "not found"}')
+        if srv.cfg["statuses"]:
+            return self.reply(srv.cfg["statuses"].pop(0), b'{"error": "forced"}')
+        content = srv.cfg["content"]
+        if content is None:  # a perfect VLM judge for ShapesWorld
+            parts = body["messages"][0]["content"]
+            image = decode(next(p["image_url"]["url"] for p in parts if p["type"] == "image_url"))
+            prompt = re.search(r'"(.*?)"', next(p["text"] for p in parts if p["type"] == "text")).group(1)
+            content = "1" if evaluate(image, parse_prompt(prompt).meta())[0] else "0"
+        answer = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+        self.reply(200, json.dumps(answer).encode())
+
+
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out and left is expected
+            super().handle_error(request, client_address)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # loopback only, whatever proxy the environment sets
+    srv = Server(("127.0.0.1", 0), Handler)
+    srv.cfg = {"statuses": [], "content": None, "sleep": 0.0}
+    srv.requests, srv.decode = [], decode  # decode: what a test reads the sent PNGs back with
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)  # fast shutdown
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()

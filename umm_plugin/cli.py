@@ -71,6 +71,13 @@ def build_parser():
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--top-k", type=int, default=0, help="Image-token top-k (0 = off).")
     ev.add_argument("--min-p", type=float, default=0.0, help="Image-token min-p (0 = off; GvU rollouts use 0.03).")
+    ev.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="Also run R3 at inference: plan + image, then up to this many reflect-refine rounds (0 = skip).",
+    )
+    ev.add_argument("--rounds-grid", help="With --rounds: a PNG of the first prompts' plans, images, reflections.")
     ev.add_argument("--json", help="Also write the report here.")
 
     srum = sub.add_parser("srum", help="SRUM offline: self-judged reward maps, then a reward-weighted fine-tune.")
@@ -155,6 +162,15 @@ def run(args) -> None:
         model = UMM.from_pretrained(args.model)
         t0 = time.time()
         report = evaluate_model(model, args.n, args.seed, args.cfg_scale, args.temperature, args.top_k, args.min_p)
+        if args.rounds:
+            from umm_plugin.eval import r3_rounds, save_rounds
+            from umm_plugin.worlds.grammar import make_prompts
+
+            metas = make_prompts(args.n, "eval", args.seed)
+            r3 = r3_rounds(model, metas, args.rounds, args.temperature, args.top_k, args.min_p, args.seed)
+            if args.rounds_grid:
+                save_rounds(r3["record"], args.rounds_grid)
+            report["r3"] = {k: v for k, v in r3.items() if k != "record"}
         report["seconds"] = round(time.time() - t0, 1)
         print(format_report(report))
         if args.json:

@@ -4,16 +4,19 @@
 - understanding: the model's greedy captions of ground-truth renders of the same prompts, read back through the
   prompt grammar and checked against the scene (a caption must name every object, counts and stated colours right);
 - own generations: the same caption check against the evaluator's parse of the model's *own* images, and how well
-  the GvU reward (the model's p(prompt | its image), one pass) separates correct from wrong generations (ROC AUC).
+  the GvU reward (the model's p(prompt | its image), one pass) separates correct from wrong generations (ROC AUC);
+- R3 (`r3_rounds`): plan + image, then reflect-refine rounds until the model says "no further edit needed":
+  accuracy after each round, and reflection accuracy (it stops exactly when the evaluator says the image is right).
 """
 
 import numpy as np
 import torch
 
 from umm_plugin.models.diffusion_head import render_codes
-from umm_plugin.models.generation import generate_image_tokens, left_pad
+from umm_plugin.models.generation import generate_image_tokens, generate_text, left_pad
 from umm_plugin.models.umm import DESCRIBE
 from umm_plugin.rewards.gvu import gvu_reward
+from umm_plugin.rewards.r3 import edit_instruction, format_reward, is_no_edit
 from umm_plugin.worlds.evaluator import accuracy_table, check, detect, evaluate
 from umm_plugin.worlds.grammar import PromptError, make_prompts, parse_prompt, sample_scene
 from umm_plugin.worlds.scene import render
@@ -189,4 +192,99 @@ def format_report(r: dict) -> str:
         f"{o['objects_per_image']:.2f}, GvU reward {o['gvu_reward_mean']:.3f}, reward-vs-correct AUC "
         f"{o['gvu_auc_include_eos']:.3f} (include_eos) / {o['gvu_auc_prompt_only']:.3f} (prompt only)",
     ]
+    if "r3" in r:
+        r3 = r["r3"]
+        lines += [
+            "R3 at inference (greedy plan and reflections): accuracy after rounds 0.."
+            f"{len(r3['accuracy_by_round']) - 1}: " + " ".join(f"{a:.3f}" for a in r3["accuracy_by_round"]),
+            "  reflection accuracy (stops exactly when right) by round: "
+            + " ".join(f"{a:.3f}" for a in r3["reflection_accuracy_by_round"])
+            + f"; stopped {r3['stopped']:.3f}; plans well-formed {r3['plan_format']:.3f}",
+        ]
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=0, text_tokens=48, keep=4):
+    """R3 at inference on prompts `metas`: greedy plan and reflections, images sampled as in training.
+
+    Round 0 is the plan and first image; each later round reflects on the current image and, unless the answer is
+    "no further edit needed" (then that prompt stops for good), refines it in the same conversation. Returns
+    accuracy after rounds 0..rounds, reflection accuracy per round (over the prompts still going: stop == correct),
+    the share stopped, the plans' format rate, and for the first `keep` prompts the texts and images of each round.
+    """
+    bb, lay, tok = model.backbone, model.layout, model.tokenizer
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    gen = torch.Generator().manual_seed(seed)
+    words = lambda ids: " ".join(tok.convert_ids_to_tokens([t for t in ids if t != eos]))  # noqa: E731
+
+    def images_after(rows):
+        codes = generate_image_tokens(bb, lay, rows, None, 1.0, temperature, top_k, min_p, gen, pad)
+        return codes, model.vq.decode(codes)
+
+    prompts = [m["prompt"] for m in metas]
+    stop_plan = tok.convert_tokens_to_ids(["</think>", "<SOM>"])
+    contexts = [model.reason_prompt(p) for p in prompts]
+    plans = generate_text(bb, contexts, text_tokens, stop_plan, lay.image_offset, pad_id=pad)
+    codes, images = images_after([c + p + model.after_plan(p) for c, p in zip(contexts, plans)])
+    ok = np.array([evaluate(img, m)[0] for img, m in zip(images, metas)])
+    record = [{"prompt": p, "texts": [words(plan)], "images": [img]} for p, plan, img in zip(prompts, plans, images)]
+    accuracy, reflection, active = [float(ok.mean())], [], np.ones(len(metas), dtype=bool)
+    for _ in range(rounds):
+        idx = np.flatnonzero(active)
+        if len(idx) == 0:  # every prompt has stopped: nothing changes, nothing is left to reflect on
+            accuracy.append(accuracy[-1])
+            reflection.append(float("nan"))
+            continue
+        contexts = [model.reflect_prompt(codes[i], prompts[i]) for i in idx]
+        answers = generate_text(bb, contexts, text_tokens, eos, lay.image_offset, pad_id=pad)
+        stop = np.array([is_no_edit(words(a)) for a in answers])
+        reflection.append(float((stop == ok[idx]).mean()))
+        active[idx[stop]] = False
+        rows = [
+            c
+            + a
+            + ([] if a[-1:] == [eos] else [eos])
+            + model.refine_turn(tok.convert_tokens_to_ids(edit_instruction(words(a)).split()))
+            for c, a, s in zip(contexts, answers, stop)
+            if not s
+        ]
+        edited = idx[~stop]
+        if len(rows):
+            new_codes, new_images = images_after(rows)
+            codes[edited], images[edited] = new_codes, new_images
+            ok[edited] = [evaluate(images[i], metas[i])[0] for i in edited]
+        for j, i in enumerate(idx):
+            if i < keep:
+                record[i]["texts"].append(words(answers[j]))
+                record[i]["images"].append(images[i])
+        accuracy.append(float(ok.mean()))
+    return {
+        "accuracy_by_round": accuracy,
+        "reflection_accuracy_by_round": reflection,
+        "stopped": float(1 - active.mean()),
+        "plan_format": float(np.mean([format_reward(words(p)) for p in plans])),
+        "record": record[:keep],
+    }
+
+
+def save_rounds(record, path, scale: int = 3) -> None:
+    """One row per prompt: the image after each round, then the prompt, the plan and each reflection as text."""
+    from PIL import Image, ImageDraw
+
+    h = record[0]["images"][0].shape[0] * scale
+    cols = max(len(r["images"]) for r in record)
+    line, pad = 11, 4
+    row_h = h + pad + line * (1 + max(len(r["texts"]) for r in record))
+    grid = Image.new("RGB", (max(cols * (h + pad) + pad, 640), len(record) * row_h + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, rec in enumerate(record):
+        top = pad + r * row_h
+        for c, img in enumerate(rec["images"]):
+            tile = Image.fromarray(img).resize((h, h), Image.NEAREST)
+            grid.paste(tile, (pad + c * (h + pad), top))
+        lines = [f"prompt: {rec['prompt']}", f"plan: {rec['texts'][0]}"]
+        lines += [f"reflect {k}: {t}" for k, t in enumerate(rec["texts"][1:], 1)]
+        for k, text in enumerate(lines):
+            draw.text((pad, top + h + pad + k * line), text, fill="black")
+    grid.save(path)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from umm_plugin.algos.r3 import TreeBuffer, stage1_advantages, stage2_advantages
+from umm_plugin.algos.r3 import TreeBuffer, segment_advantages, stage1_advantages, stage2_advantages
 
 F64 = torch.float64
 N_DRAWS = 20000
@@ -30,6 +30,32 @@ def test_stage2_advantages_hand_numbers_image_part_zeroed_where_stopped():
     # R mean 5.75 / 4 = 1.4375; V_new mean .625 over all four, then the stopped member's image advantage is 0
     assert torch.allclose(a_text, torch.tensor([[0.5625, -0.6875, 0.5625, -0.4375]], dtype=F64))
     assert torch.allclose(a_img, torch.tensor([[0.125, -0.375, 0.0, -0.125]], dtype=F64))
+
+
+def test_segment_advantages_put_the_stage2_hand_numbers_on_the_right_tokens():
+    # the stage-2 group above as OpenRLHF trajectories: [reflect ctx | answer | refine ctx | image], member 2 stopped
+    # (no image segment); R sits on the answer tokens, V_new (V_prev for member 2) is the scalar reward
+    mask = torch.tensor([[[0, 1, 1, 0, 1, 1], [0, 1, 0, 0, 1, 1], [0, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1]]], dtype=F64)
+    r = torch.tensor([2.0, 0.75, 2.0, 1.0], dtype=F64)
+    token_rewards = torch.zeros_like(mask)
+    for i, n in enumerate((2, 1, 3, 2)):
+        token_rewards[0, i, 1 : 1 + n] = r[i]
+    v = torch.tensor([[0.75, 0.25, 1.0, 0.5]], dtype=F64)
+    adv = segment_advantages(token_rewards, mask, v)
+    a_text = [0.5625, -0.6875, 0.5625, -0.4375]
+    a_img = [0.125, -0.375, 0.0, -0.125]
+    want = torch.tensor(
+        [
+            [
+                [0, a_text[0], a_text[0], 0, a_img[0], a_img[0]],
+                [0, a_text[1], 0, 0, a_img[1], a_img[1]],
+                [0, a_text[2], a_text[2], a_text[2], 0, 0],
+                [0, a_text[3], a_text[3], 0, a_img[3], a_img[3]],
+            ]
+        ],
+        dtype=F64,
+    )
+    assert torch.allclose(adv, want)
 
 
 def test_advantages_reject_bad_input():

@@ -9,7 +9,7 @@ import torch
 from openrlhf.utils.sampling_params import SamplingParams
 
 import umm_plugin.openrlhf.gvu_agent as gvu_agent
-from umm_plugin.models.generation import continuation_logprobs, generate_image_tokens
+from umm_plugin.models.generation import continuation_logprobs, generate_image_tokens, generate_text
 from umm_plugin.models.umm import DESCRIBE, UMM
 from umm_plugin.openrlhf.engine import UMMRolloutEngine, _lora_config
 from umm_plugin.rewards.gvu import gvu_reward
@@ -65,11 +65,29 @@ def test_concurrent_requests_are_batched_and_match_the_direct_calls(pretrained_d
         assert torch.allclose(got, r[m], atol=1e-5)
 
 
+def test_text_requests_stop_like_vllm_and_match_the_direct_generator(pretrained_dir, umm_flags):
+    engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=None)
+    umm = engine.umm
+    tok, off = umm.tokenizer, umm.layout.image_offset
+    rows = [umm.reason_prompt(p) for p in PROMPTS]
+    stop = tok.convert_tokens_to_ids(["</think>", "<SOM>"])
+    params = SamplingParams(temperature=0.0, max_tokens=12, stop_token_ids=stop, allowed_token_ids=list(range(off)))
+    outs = asyncio.run(_gather(*[engine.generate(r, params) for r in rows]))
+    direct = generate_text(umm.backbone, rows, 12, {*stop, tok.eos_token_id}, off, pad_id=tok.pad_token_id)
+    for out, want in zip(outs, direct):
+        got = out.outputs[0]
+        assert got.token_ids == want and max(want) < off  # text vocabulary only
+        ends = bool(want) and want[-1] in {*stop, tok.eos_token_id}
+        assert got.finish_reason == ("stop" if ends else "length") and (ends or len(want) == 12)
+        assert all(t not in {*stop, tok.eos_token_id} for t in want[:-1])  # nothing after a stop token
+
+
 def test_engine_rejects_requests_it_cannot_serve(pretrained_dir, umm_flags):
     engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=None)
     ids = engine.umm.generation_prompt(PROMPTS[0])
+    some_codes = list(range(engine.umm.layout.image_offset, engine.umm.layout.image_offset + 3))
     with pytest.raises(ValueError, match="image-token generation"):
-        asyncio.run(engine.generate(ids, SamplingParams(max_tokens=5)))
+        asyncio.run(engine.generate(ids, SamplingParams(max_tokens=5, allowed_token_ids=some_codes)))
     with pytest.raises(ValueError, match="logprobs"):
         asyncio.run(engine.generate(ids, SamplingParams(max_tokens=5, logprobs=1)))
 

@@ -1,5 +1,6 @@
-"""Patch 0006 in the host's own code: per-token rewards from agents reach a token-level estimator in prompt order,
-and its advantages come back on the right tokens of the right experiences (plus the KL reward-to-go)."""
+"""Patches 0006/0007 in the host's own code: per-token rewards from agents (and their scalar rewards) reach a
+token-level estimator in prompt order, and its advantages come back on the right tokens of the right experiences
+(plus the KL reward-to-go)."""
 
 from types import SimpleNamespace
 
@@ -30,13 +31,13 @@ def _maker(kl_coef=0.0):
     return maker
 
 
-def _experience(index, token_rewards, mask):
+def _experience(index, token_rewards, mask, rewards=None):
     b = len(index)
     return Experience(
         action_mask=torch.tensor(mask, dtype=torch.bool),
         token_rewards=torch.tensor(token_rewards),
         kl=torch.zeros(b, len(mask[0])),
-        rewards=torch.zeros(b),
+        rewards=torch.zeros(b) if rewards is None else torch.tensor(rewards),
         index=index,
         info={},
     )
@@ -45,17 +46,18 @@ def _experience(index, token_rewards, mask):
 def test_token_rewards_reach_the_estimator_in_prompt_order_and_come_back(monkeypatch):
     seen = {}
 
-    def estimator(tokens, masks):
-        seen["tokens"], seen["masks"] = tokens.clone(), masks.clone()
+    def estimator(tokens, masks, rewards):
+        seen["tokens"], seen["masks"], seen["rewards"] = tokens.clone(), masks.clone(), rewards.clone()
         return tokens * 10, {"probe": tokens.sum(-1)}
 
     monkeypatch.setitem(TOKEN_ADVANTAGE_ESTIMATORS, "seen", estimator)
     # samples 2, 0 in one experience (width 3), samples 1, 3 in another (width 2): prompts are (0, 1) and (2, 3)
-    a = _experience([2, 0], [[0.0, 3.0, 4.0], [0.0, 1.0, 0.0]], [[0, 1, 1], [0, 1, 0]])
-    b = _experience([1, 3], [[0.0, 2.0], [0.0, 5.0]], [[0, 1], [0, 1]])
+    a = _experience([2, 0], [[0.0, 3.0, 4.0], [0.0, 1.0, 0.0]], [[0, 1, 1], [0, 1, 0]], [0.2, 0.0])
+    b = _experience([1, 3], [[0.0, 2.0], [0.0, 5.0]], [[0, 1], [0, 1]], [0.1, 0.3])
     out = _maker().compute_advantages_and_returns([a, b])
     want_tokens = torch.tensor([[[0, 1, 0], [0, 2, 0]], [[0, 3, 4], [0, 5, 0]]], dtype=torch.float)
     torch.testing.assert_close(seen["tokens"], want_tokens)
+    torch.testing.assert_close(seen["rewards"], torch.tensor([[0.0, 0.1], [0.2, 0.3]]))
     assert seen["masks"][1, 0].tolist() == [0, 1, 1] and seen["masks"][0, 1].tolist() == [0, 1, 0]
     torch.testing.assert_close(out[0].advantages, torch.tensor([[0.0, 30.0, 40.0], [0.0, 10.0, 0.0]]))
     torch.testing.assert_close(out[1].advantages, torch.tensor([[0.0, 20.0], [0.0, 50.0]]))
@@ -64,7 +66,7 @@ def test_token_rewards_reach_the_estimator_in_prompt_order_and_come_back(monkeyp
 
 
 def test_kl_in_the_reward_is_added_as_reward_to_go(monkeypatch):
-    monkeypatch.setitem(TOKEN_ADVANTAGE_ESTIMATORS, "seen", lambda t, m: (torch.zeros_like(t), {}))
+    monkeypatch.setitem(TOKEN_ADVANTAGE_ESTIMATORS, "seen", lambda t, m, r: (torch.zeros_like(t), {}))
     e = [_experience([0], [[0.0, 1.0, 1.0]], [[0, 1, 1]]), _experience([1], [[0.0, 1.0, 1.0]], [[0, 1, 1]])]
     e[0].kl = torch.tensor([[0.0, 0.5, 0.25]])
     out = _maker(kl_coef=2.0).compute_advantages_and_returns(e)
@@ -72,7 +74,7 @@ def test_kl_in_the_reward_is_added_as_reward_to_go(monkeypatch):
 
 
 def test_missing_token_rewards_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(TOKEN_ADVANTAGE_ESTIMATORS, "seen", lambda t, m: (t, {}))
+    monkeypatch.setitem(TOKEN_ADVANTAGE_ESTIMATORS, "seen", lambda t, m, r: (t, {}))
     e = [_experience([0], [[0.0, 1.0]], [[0, 1]]), _experience([1], [[0.0, 1.0]], [[0, 1]])]
     e[1].token_rewards = None
     with pytest.raises(ValueError, match="needs an agent that returns token_rewards"):
@@ -101,6 +103,6 @@ def test_srum_dense_is_registered_token_level_and_masks_prompt_tokens():
     assert TOKEN_ADVANTAGE_ESTIMATORS["srum_dense"] is srum_dense
     tokens = torch.tensor([[[7.0, 0.2, 0.9], [7.0, 0.8, 0.9]]])
     mask = torch.tensor([[[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]])
-    adv, logs = srum_dense(tokens, mask)
+    adv, logs = srum_dense(tokens, mask, torch.zeros(1, 2))
     assert adv[0, :, 0].abs().sum() == 0 and adv[0, 0, 1] < 0 < adv[0, 1, 1]
     torch.testing.assert_close(logs["zero_advantage_tokens"], torch.tensor([[0.5, 0.5]]))

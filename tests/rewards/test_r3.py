@@ -1,8 +1,22 @@
+import numpy as np
 import pytest
 import torch
 
 from umm_plugin.models.pretrain import NO_EDIT
-from umm_plugin.rewards.r3 import correction, format_reward, is_no_edit, stage1_rewards, stage2_rewards
+from umm_plugin.rewards.r3 import (
+    caption_objects,
+    checklist,
+    checklist_score,
+    correction,
+    edit_instruction,
+    format_reward,
+    is_no_edit,
+    stage1_rewards,
+    stage2_rewards,
+)
+from umm_plugin.worlds.evaluator import detect, evaluate
+from umm_plugin.worlds.grammar import make_prompts, parse_prompt, sample_scene
+from umm_plugin.worlds.scene import perturb, render
 
 F64 = torch.float64
 
@@ -76,3 +90,37 @@ def test_stage_rewards_hand_numbers():
     c = torch.tensor([1.0, -0.25, 0.5, 0.0], dtype=F64)
     assert torch.equal(stage2_rewards(c, f), torch.tensor([2.0, 0.75, 0.0, 1.0], dtype=F64))
     assert torch.equal(stage2_rewards(c, f, w=2.0), torch.tensor([3.0, 1.75, 0.0, 2.0], dtype=F64))
+
+
+def test_checklist_score_is_one_exactly_when_the_evaluator_accepts():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for meta in make_prompts(300, "eval", 0):
+        objects = sample_scene(meta, rng)
+        for objs in (objects, perturb(objects, rng)[0]):
+            image = render(objs)
+            v = checklist_score(meta, detect(image).objects)
+            assert (v == 1) == evaluate(image, meta)[0] and 0 <= v <= 1
+            seen.add(round(v, 3))
+    assert len(seen) >= 4  # partial credit, not just 0 / 1
+
+
+def test_checklist_hand_example_relation_prompt():
+    meta = parse_prompt("a photo of two red circles to the left of a blue square").meta()
+    items = checklist(meta)
+    assert len(items) == 4  # circles, square, the relation, nothing else
+    # a caption naming two red circles and a green square, relation judged false: circles and "nothing else" pass
+    objects, m = caption_objects("a photo of two red circles and a green square", meta)
+    assert checklist_score(m, objects, relation=False) == 0.5
+    assert checklist_score(m, objects, relation=True) == 0.75
+    # without colours in the caption the colour requirements go: the square item now passes too
+    objects, m = caption_objects("a photo of two circles and a square", meta)
+    assert checklist_score(m, objects, relation=True) == 1.0
+    # an unreadable caption names nothing: only the relation answer can pass
+    objects, m = caption_objects("a photo of of", meta)
+    assert objects == [] and checklist_score(m, objects, relation=True) == 0.5
+
+
+def test_edit_instruction_is_what_follows_the_think_block():
+    assert edit_instruction("<think> a photo of a red circle </think>  add a  blue square") == "add a blue square"
+    assert edit_instruction("remove a red circle") == "remove a red circle"

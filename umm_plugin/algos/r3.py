@@ -4,6 +4,9 @@ Advantages are group-centred without the std division (unlike `grpo.group_advant
 stage 1 A_text = R - mean_G(R), A_img = V - mean_G(V); stage 2 the same with V_new, and A_img is zeroed for members
 that answered "no further edit needed" (no refine step ran, so there is no image action to credit).
 
+`segment_advantages` puts them on an OpenRLHF trajectory's tokens: the first action segment is the text turn (plan
+or reflection), the later ones the image turn; a member that stopped has no image segment, so its A_img vanishes.
+
 `TreeBuffer` draws stage-2 roots: the perfect pool (V == 1) with probability p_perfect = 0.15, else the rest,
 uniform inside the pool (faithful). `weighting="spread"` is our variant, off by default: imperfect states are drawn
 in proportion to their stage-1 group's V spread (max - min), and each draw carries the importance weight
@@ -15,6 +18,7 @@ from collections import deque
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def stage1_advantages(rewards: torch.Tensor, v: torch.Tensor):
@@ -39,6 +43,21 @@ def stage2_advantages(rewards: torch.Tensor, v_new: torch.Tensor, stopped: torch
         )
     a_text, a_img = stage1_advantages(rewards, v_new)
     return a_text, a_img.masked_fill(stopped, 0.0)
+
+
+def segment_advantages(token_rewards: torch.Tensor, action_mask: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """token_rewards, action_mask [P, G, A] and v [P, G] -> per-token advantages [P, G, A].
+
+    Action segments are runs of action tokens. The first carries the text reward R on its tokens and gets
+    A_text = R - mean_G(R); every later one gets A_img = V - mean_G(V), V the member's judge score (for a member
+    that stopped, V_prev: it still counts in the group mean, as `stage2_advantages` says). Zero off the actions.
+    """
+    mask = action_mask > 0
+    segment = (mask & ~F.pad(mask, (1, 0))[..., :-1]).cumsum(-1) * mask
+    text = segment == 1
+    r = (token_rewards * text).sum(-1) / text.sum(-1).clamp(min=1)
+    a_text, a_img = stage1_advantages(r, v.to(r.dtype))
+    return torch.where(text, a_text[..., None], torch.where(segment >= 2, a_img[..., None], 0.0))
 
 
 class TreeBuffer:

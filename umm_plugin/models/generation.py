@@ -108,29 +108,30 @@ def generate_text(
     backbone,
     prompt_ids: list[list[int]],
     max_new_tokens: int,
-    eos_id: int,
+    stop_ids,
     vocab_size: int | None = None,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     pad_id: int = 0,
 ) -> list[list[int]]:
-    """Text continuation of each prompt with a KV cache, stopping at `eos_id` (not returned) or `max_new_tokens`.
-    `vocab_size` keeps sampling to ids below it (the text vocabulary: image codes follow it in the X-Omni layout)."""
+    """Text continuation of each prompt with a KV cache, until a token in `stop_ids` (kept as the last token, as vLLM
+    keeps its stop and EOS tokens) or `max_new_tokens`. `vocab_size` keeps sampling to ids below it (the text
+    vocabulary: image codes follow it in the X-Omni layout)."""
+    stop = {int(s) for s in ([stop_ids] if isinstance(stop_ids, int) else stop_ids)}
     ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(backbone.device), mask.to(backbone.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=backbone.config)
     out = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, logits_to_keep=1)
-    done = torch.zeros(len(ids), dtype=torch.bool)
     rows: list[list[int]] = [[] for _ in prompt_ids]
+    done = [False] * len(prompt_ids)
     for step in range(max_new_tokens):
         token = sample_logits(out.logits[:, -1, :vocab_size].float(), temperature, generator=generator).cpu()
         for i, t in enumerate(token.tolist()):
             if not done[i]:
-                done[i] = t == eos_id
-                if not done[i]:
-                    rows[i].append(t)
-        if done.all() or step + 1 == max_new_tokens:
+                rows[i].append(t)
+                done[i] = t in stop
+        if all(done) or step + 1 == max_new_tokens:
             break
         mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
         pos = pos[:, -1:] + 1

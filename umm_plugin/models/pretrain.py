@@ -4,7 +4,8 @@ Every batch mixes the skills the three recipes need: generation (prompt -> image
 time for CFG), understanding (image -> caption; a share of them counting drills of one shape, so "four" is said
 of four even where no training prompt has four), yes/no judgement ("is this <prompt> ?", SRUM's and R3's
 self-judge), and R3's reason (prompt -> <think> plan </think> image), reflect
-((prompt, image) -> "no further edit needed" or an edit) and refine ((image, edit) -> image). Most captions are of
+((prompt, image) -> <think> what is there </think> "no further edit needed" or an edit) and refine (the reflect
+conversation continued: edit -> image). Most captions are of
 imperfect images (world perturbations, and from 30% of training on the model's own samples), captioned from the
 evaluator's parse of what is really there: a judge that only saw clean scenes is blind to junk and gets reward-hacked
 (DESIGN.md, "Measured on this machine"). `gap` sets the generation share of the batch: `weak` gives the GvU paper's
@@ -207,18 +208,26 @@ class Batcher:
         meta = self.meta()
         objects = sample_scene(meta, self.rng)
         answer = self.m.ids(plan_text(objects)) + self.m.layout.image_prefix() + self.image_answer(self.codes(objects))
-        return self.row(self.m.chat(f"generate : {meta['prompt']}"), answer)
+        return self.row(self.m.reason_prompt(meta["prompt"]), answer)
+
+    def reflect_turn(self, codes, meta, shown, answer) -> tuple[list[int], list[int]]:
+        """(context, answer ids) of R3's reflect turn: the model first says what it sees in a think block (a truthful
+        listing of the image), then "no further edit needed" or the edit."""
+        text = f"<think> {describe(shown)} </think> {answer}"
+        return self.m.reflect_prompt(codes, meta["prompt"]), self.m.ids(text) + [self.m.tokenizer.eos_token_id]
 
     def reflect_or_refine(self, refine: bool):
         meta = self.meta()
         shown, answer, fixed = edit_pair(meta, sample_scene(meta, self.rng), self.rng)
-        if not refine:
-            ans = self.m.ids(answer) + [self.m.tokenizer.eos_token_id]
-            return self.row(self.m.chat(self.codes(shown), f"check : {meta['prompt']}"), ans)
-        if answer == NO_EDIT:  # refine only learns real edits
+        if refine and answer == NO_EDIT:  # refine only learns real edits
             return self.reflect_or_refine(refine)
-        context = self.m.chat(self.codes(shown), f"edit : {answer}", answer_prefix=self.m.layout.image_prefix())
-        return self.row(context, self.image_answer(self.codes(fixed)))
+        context, reflection = self.reflect_turn(self.codes(shown), meta, shown, answer)
+        if not refine:
+            return self.row(context, reflection)
+        # Refine continues the reflect conversation (the image and the model's own reflection stay in context), so
+        # R3's stage-2 trajectory is one sequence whose actions are the reflection and the refined image.
+        edit = self.m.refine_turn(self.m.ids(answer))
+        return self.row(context + reflection + edit, self.image_answer(self.codes(fixed)))
 
     def batch(self):
         b, gen = self.cfg.batch_size, GAPS[self.cfg.gap]

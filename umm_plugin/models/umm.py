@@ -132,6 +132,25 @@ class UMM:
             raise ModelError("empty prompt: give a text prompt such as 'a photo of a red circle'")
         return self.chat(f"generate : {prompt}".strip(), answer_prefix=self.layout.image_prefix())
 
+    # ---- R3's turns (pretraining, the R3 agent and its evaluation build them here, so they cannot drift) ----
+    def reason_prompt(self, prompt: str) -> list[int]:
+        """Stage 1: the model continues with `<think> plan </think>` and then the image (or the image right away)."""
+        return self.chat(f"generate : {prompt}")
+
+    def after_plan(self, plan: list[int]) -> list[int]:
+        """The image prefix that follows a plan turn; a plan that ended by writing `<SOM>` has its first token."""
+        prefix = self.layout.image_prefix()
+        return prefix[1:] if plan[-1:] == prefix[:1] else prefix
+
+    def reflect_prompt(self, codes, prompt: str) -> list[int]:
+        """The model answers `<think> what it sees </think>` then "no further edit needed" or an edit instruction."""
+        return self.chat(codes, f"check : {prompt}")
+
+    def refine_turn(self, instruction: list[int]) -> list[int]:
+        """Appended after the reflect turn (its answer and end token): the model continues with the edited image."""
+        user, assistant = self.tokenizer.convert_tokens_to_ids(["<user>", "<assistant>"])
+        return [user, *self.ids("edit :"), *instruction, assistant, *self.layout.image_prefix()]
+
     # ---- persistence ----
     def save_pretrained(self, path) -> None:
         path = Path(path)

@@ -5,7 +5,15 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-PLOTTED = {"accuracy": "blue", "reward": "red", "train_reward": "orange", "auc": "gray"}
+PLOTTED = {
+    "accuracy": "blue",
+    "reward": "red",
+    "train_reward": "orange",
+    "auc": "gray",
+    "r3_accuracy_round0": "green",  # R3: the first image, then after the last reflect-refine round
+    "r3_accuracy_round4": "purple",
+    "r3_reflection_round1": "brown",
+}
 
 
 def append_curve(log_dir: Path, row: dict) -> None:
@@ -23,7 +31,7 @@ def append_curve(log_dir: Path, row: dict) -> None:
     plot(rows, Path(log_dir) / "curve.png")
 
 
-def plot(rows: list[dict], out: Path, size=(480, 320), pad=40) -> None:
+def plot(rows: list[dict], out: Path, size=(640, 360), pad=40) -> None:
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     steps = [float(r["step"]) for r in rows]
@@ -34,7 +42,9 @@ def plot(rows: list[dict], out: Path, size=(480, 320), pad=40) -> None:
     d.text((4, pad + h - 6), "0.0", fill="black")
     d.text((pad, pad + h + 6), f"step {x0:g}", fill="black")
     d.text((pad + w - 60, pad + h + 6), f"step {x1:g}", fill="black")
-    for i, (key, colour) in enumerate(PLOTTED.items()):
+    present = [k for k in PLOTTED if any(r.get(k) not in (None, "", "nan") for r in rows)]
+    for i, key in enumerate(present):
+        colour = PLOTTED[key]
         pts = [
             (pad + w * (float(r["step"]) - x0) / (x1 - x0), pad + h * (1 - min(1.0, max(0.0, float(r[key])))))
             for r in rows
@@ -44,5 +54,5 @@ def plot(rows: list[dict], out: Path, size=(480, 320), pad=40) -> None:
             d.line(pts, fill=colour, width=2)
         for p in pts:
             d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
-        d.text((pad + 90 * i, 8), key, fill=colour)
+        d.text((4 + (size[0] // 4) * (i % 4), 4 + 12 * (i // 4)), key, fill=colour)
     img.save(out)

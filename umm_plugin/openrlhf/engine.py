@@ -9,9 +9,11 @@ calls (the G samples of every prompt in flight) are gathered into one batch: ima
 KV-cache generator, scoring requests (prompt_logprobs) through one teacher-forced pass.
 
 Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary, max_tokens = the
-grid) and scoring only; `generate(..., use_adapter=False)` runs the LoRA-free reference weights, which is how
-`judge=reference` costs no second copy of the backbone. Every `--umm.eval_steps` weight syncs it evaluates its
-current weights (= the actor's) on held-out ShapesWorld prompts and saves them as a complete UMM directory.
+grid), text generation (the text vocabulary or all of it; EOS and stop_token_ids end it) and scoring only;
+`generate(..., use_adapter=False)` runs the LoRA-free reference weights, which is how `judge=reference` costs no
+second copy of the backbone. Every `--umm.eval_steps` weight syncs it evaluates its current weights (= the actor's)
+on held-out ShapesWorld prompts (plus the executor's own `evaluate`, if it has one) and saves them as a complete UMM
+directory.
 """
 
 import asyncio
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from umm_plugin.models.generation import generate_image_tokens
+from umm_plugin.models.generation import generate_image_tokens, generate_text
 from umm_plugin.models.umm import UMM
 
 BATCH_WINDOW_S = 0.005  # how long a first request waits for others to join its batch
@@ -134,6 +136,25 @@ class UMMRolloutEngine:
         lora = hasattr(self.umm.backbone, "disable_adapter")
         return self.umm.backbone.disable_adapter() if lora and not on else contextlib.nullcontext()
 
+    def _kind(self, params) -> str:
+        """score (prompt_logprobs), image (the image vocabulary, one grid of codes) or text (the text vocabulary)."""
+        lay = self.umm.layout
+        allowed = list(params.allowed_token_ids or [])
+        if getattr(params, "prompt_logprobs", None) is not None:
+            return "score"
+        if (
+            allowed == list(range(lay.image_offset, lay.image_offset + lay.num_codes))
+            and params.max_tokens == lay.grid**2
+        ):
+            return "image"
+        if allowed in ([], list(range(lay.image_offset))) and params.max_tokens:
+            return "text"
+        raise ValueError(
+            "the UMM engine serves image-token generation (allowed_token_ids = the image vocabulary, max_tokens = "
+            f"{lay.grid**2}), text generation (allowed_token_ids unset or the text vocabulary, ids < "
+            f"{lay.image_offset}) and scoring (prompt_logprobs) only"
+        )
+
     @torch.no_grad()
     def _run(self, batch: list[_Request]) -> list[RequestOutput]:
         out = [None] * len(batch)
@@ -142,40 +163,42 @@ class UMMRolloutEngine:
             p = r.params
             if getattr(p, "logprobs", None) is not None:
                 raise ValueError("the UMM engine does not return sampled-token logprobs; leave logprobs unset")
-            kind = "score" if getattr(p, "prompt_logprobs", None) is not None else "image"
-            key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0))
+            kind = self._kind(p)
+            stops = tuple(p.stop_token_ids or ()) if kind == "text" else ()
+            key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), stops)
+            key += (p.max_tokens, bool(p.allowed_token_ids)) if kind == "text" else ()
             groups.setdefault(key, []).append(i)
-        for (kind, adapter, temperature, top_k, min_p), idx in groups.items():
+        pad, lay = self.umm.tokenizer.pad_token_id, self.umm.layout
+        for key, idx in groups.items():
+            kind, adapter, temperature, top_k, min_p, stops = key[:6]
             with self._adapter(adapter):
                 if kind == "score":
                     for i, res in zip(idx, self._score([batch[i] for i in idx])):
                         out[i] = res
+                elif kind == "text":  # vLLM stops at EOS and at stop_token_ids, and keeps the stop token
+                    stop = {*stops, self.umm.tokenizer.eos_token_id}
+                    vocab = lay.image_offset if key[7] else None
+                    rows = [batch[i].ids for i in idx]
+                    texts = generate_text(
+                        self.umm.backbone, rows, key[6], stop, vocab, temperature, self.generator, pad
+                    )
+                    for i, row in zip(idx, texts):
+                        reason = "stop" if row and row[-1] in stop else "length"
+                        out[i] = RequestOutput(batch[i].ids, [Completion(row, finish_reason=reason)])
                 else:
-                    self._check_image_request([batch[i] for i in idx])
                     codes = generate_image_tokens(
                         self.umm.backbone,
-                        self.umm.layout,
+                        lay,
                         [batch[i].ids for i in idx],
                         temperature=temperature,
                         top_k=max(0, top_k),
                         min_p=min_p,
                         generator=self.generator,
-                        pad_id=self.umm.tokenizer.pad_token_id,
+                        pad_id=pad,
                     )
                     for i, row in zip(idx, codes):
-                        ids = (row + self.umm.layout.image_offset).tolist()
-                        out[i] = RequestOutput(batch[i].ids, [Completion(ids)])
+                        out[i] = RequestOutput(batch[i].ids, [Completion((row + lay.image_offset).tolist())])
         return out
-
-    def _check_image_request(self, reqs):
-        lay = self.umm.layout
-        want = list(range(lay.image_offset, lay.image_offset + lay.num_codes))
-        for r in reqs:
-            if list(r.params.allowed_token_ids or []) != want or r.params.max_tokens != lay.grid**2:
-                raise ValueError(
-                    "the UMM engine serves image-token generation (allowed_token_ids = the image vocabulary, "
-                    f"max_tokens = {lay.grid**2}) and scoring (prompt_logprobs) only"
-                )
 
     def _score(self, reqs) -> list[RequestOutput]:
         """vLLM's prompt_logprobs: entry j holds log p(ids[j] | ids[<j]) (None for j = 0); one pass, right-padded."""
@@ -279,8 +302,12 @@ class UMMRolloutEngine:
                 min_p=self.cfg.min_p,
             )
         row = {"step": self.syncs, **stats}
-        for key in self.records[0] if self.records else ():
-            row[f"train_{key}"] = float(np.mean([r[key] for r in self.records]))
+        if hasattr(self.executor, "evaluate"):  # a recipe's own evaluation (R3: accuracy after each round)
+            row |= self.executor.evaluate(
+                model, self.log_dir, self.syncs, self.temperature, self.cfg.top_k, self.cfg.min_p
+            )
+        for key in dict.fromkeys(k for r in self.records for k in r):  # R3's stages log different keys
+            row[f"train_{key}"] = float(np.mean([r[key] for r in self.records if key in r]))
         self.records = []
         self.log_dir.mkdir(parents=True, exist_ok=True)
         caption = f"step {self.syncs}: held-out accuracy {stats['accuracy']:.3f}, reward {stats['reward']:.3f}"

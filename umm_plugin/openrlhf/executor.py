@@ -1,6 +1,6 @@
 """What every UMM executor (the `--train.agent_func_path` files) shares: the model the engine serves, image-token
-generation through the engine's vLLM-shaped `generate`, and the finished OpenRLHF response with the ShapesWorld
-evaluator's verdict logged beside the recipe's own reward (logged, never rewarded with)."""
+and text-turn generation through the engine's vLLM-shaped `generate`, and the finished OpenRLHF response with the
+ShapesWorld evaluator's verdict logged beside the recipe's own reward (logged, never rewarded with)."""
 
 from copy import deepcopy
 
@@ -36,8 +36,17 @@ class UMMExecutor(AgentExecutorBase):
         out = await llm_engine.generate(ids, params)
         return list(out.outputs[0].token_ids)
 
-    def response(self, llm_engine, prompt, label, images, ids, tokens, pixels, reward: float, logs: dict, **extra):
-        """The executor's answer to OpenRLHF: one action (the image tokens), the reward, and the logs."""
+    async def generate_text(self, llm_engine, sampling_params, ids: list[int], max_tokens: int, stop=()) -> list[int]:
+        """A text turn after `ids` (the text vocabulary only), ending at EOS or a `stop` token, which it keeps."""
+        params = deepcopy(sampling_params)
+        params.max_tokens, params.stop_token_ids = max_tokens, list(stop)
+        params.allowed_token_ids = list(range(self.model(llm_engine).layout.image_offset))
+        out = await llm_engine.generate(ids, params)
+        return list(out.outputs[0].token_ids)
+
+    def response(self, llm_engine, prompt, label, images, observation, actions, pixels, reward, logs: dict, **extra):
+        """The executor's answer to OpenRLHF: the observation tokens, the (start, end) action ranges in them (what the
+        policy generated), the reward, and the logs."""
         try:  # ShapesWorld prompts: log what the exact evaluator sees (hacking indicators)
             meta = parse_prompt(prompt).meta()
             objects = len(detect(pixels).objects)
@@ -55,8 +64,8 @@ class UMMExecutor(AgentExecutorBase):
             "label": label,
             "images": images,
             "mm_train_inputs": None,
-            "observation_tokens": ids + tokens,
-            "action_ranges": [(len(ids), len(ids) + len(tokens))],
+            "observation_tokens": observation,
+            "action_ranges": actions,
             "rollout_log_probs": None,
             "truncated": False,
             "reward": reward,

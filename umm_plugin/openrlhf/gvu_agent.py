@@ -45,4 +45,6 @@ class AgentExecutor(UMMExecutor):
         if not math.isfinite(reward):
             raise ValueError(f"GvU reward is {reward} for prompt {prompt!r}: the judge produced non-finite log-probs")
 
-        return self.response(llm_engine, prompt, label, images, ids, tokens, pixels[0], reward, {"gvu_reward": reward})
+        actions = [(len(ids), len(ids) + len(tokens))]
+        logs = {"gvu_reward": reward}
+        return self.response(llm_engine, prompt, label, images, ids + tokens, actions, pixels[0], reward, logs)

@@ -1,8 +1,9 @@
 """The OpenRLHF plugin entry: `--plugins umm_plugin.openrlhf.plugin:register` (needs `umm-plugin patch-openrlhf`).
 
 `register(parser)` runs in the driver before parsing and `register(None)` in every Ray worker. It adds the `--umm.*`
-flags (GvUConfig's fields: rollout, judge weights, evaluation; shared by the recipes) and the `--srum.*` flags
-(SRUMConfig), registers the `gvu_grpo` and the token-level `srum_dense` advantage estimators, and returns a check
+flags (GvUConfig's fields: rollout, judge weights, evaluation; shared by the recipes), the `--srum.*` flags
+(SRUMConfig) and the `--r3.*` flags (R3Config), registers the `gvu_grpo` and the token-level `srum_dense` and
+`r3_stage` advantage estimators, and returns a check
 that validates the flags, the model directory and the prompt file before Ray starts, so bad input fails in one
 line, not in a worker.
 """
@@ -14,7 +15,9 @@ from pathlib import Path
 import torch
 
 from umm_plugin.algos.grpo import group_advantages
+from umm_plugin.algos.r3 import segment_advantages
 from umm_plugin.algos.srum import dense_group_advantages
+from umm_plugin.openrlhf.r3 import R3Config
 from umm_plugin.openrlhf.srum import SRUMConfig
 
 JUDGES = ("policy", "reference")
@@ -87,18 +90,30 @@ def srum_config() -> SRUMConfig:
     return SRUMConfig(**vars(srum)) if srum is not None else SRUMConfig()
 
 
+def r3_config() -> R3Config:
+    from openrlhf.utils.plugins import plugin_args
+
+    r3 = getattr(plugin_args(), "r3", None)
+    return R3Config(**vars(r3)) if r3 is not None else R3Config()
+
+
 def gvu_grpo(rewards: torch.Tensor):
     """The `gvu_grpo` estimator: GvU's group normalisation; zero-variance groups logged per sample."""
     adv, flat = group_advantages(rewards.float(), umm_config().eps)
     return adv, {"zero_variance_group": flat.float()}
 
 
-def srum_dense(token_rewards: torch.Tensor, action_mask: torch.Tensor):
+def srum_dense(token_rewards: torch.Tensor, action_mask: torch.Tensor, rewards: torch.Tensor):
     """The `srum_dense` token-level estimator: SRUM's map pooled per image token, normalised within the group."""
     cfg = srum_config()
     adv = dense_group_advantages(token_rewards.float(), action_mask, cfg.per, cfg.eps)
     counted = action_mask.sum(-1).clamp(min=1)
     return adv, {"zero_advantage_tokens": ((adv == 0) & (action_mask > 0)).sum(-1) / counted}
+
+
+def r3_stage(token_rewards: torch.Tensor, action_mask: torch.Tensor, rewards: torch.Tensor):
+    """The `r3_stage` token-level estimator: R3's A_text on the text turn, A_img on the image turn (no std)."""
+    return segment_advantages(token_rewards.float(), action_mask, rewards.float()), {}
 
 
 def check(parser, args) -> None:
@@ -109,6 +124,7 @@ def check(parser, args) -> None:
     try:
         cfg = GvUConfig(**vars(args.umm))
         SRUMConfig(**vars(args.srum))
+        R3Config(**vars(args.r3))
         if cfg.judge == "reference" and args.ds.lora.rank <= 0:
             raise ValueError("--umm.judge reference needs LoRA (--ds.lora.rank > 0): the reference is LoRA off")
         model_dir = Path(args.actor.model_name_or_path or "")
@@ -128,11 +144,12 @@ def register(parser=None):
 
     register_advantage_estimator("gvu_grpo", gvu_grpo)
     register_advantage_estimator("srum_dense", srum_dense, token_level=True)
+    register_advantage_estimator("r3_stage", r3_stage, token_level=True)
     if parser is None:  # a Ray worker: Ray pins workers to one thread unless told otherwise
         if umm_config().threads:
             torch.set_num_threads(umm_config().threads)
         return None
-    for prefix, cls in (("umm", GvUConfig), ("srum", SRUMConfig)):
+    for prefix, cls in (("umm", GvUConfig), ("srum", SRUMConfig), ("r3", R3Config)):
         for f in dataclasses.fields(cls):
             kind = true_or_false if f.type in (bool, "bool") else type(f.default)
             parser.add_argument(f"--{prefix}.{f.name}", type=kind, default=f.default, help=f.metadata["help"])

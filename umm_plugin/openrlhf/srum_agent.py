@@ -77,6 +77,16 @@ class AgentExecutor(UMMExecutor):
         logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
         token_rewards = [0.0] * len(ids) + cells.tolist()
         reward = m.mean().item()  # logged; the estimator reads token_rewards
+        actions = [(len(ids), len(ids) + len(tokens))]
         return self.response(
-            llm_engine, prompt, label, images, ids, tokens, pixels[0], reward, logs, token_rewards=token_rewards
+            llm_engine,
+            prompt,
+            label,
+            images,
+            ids + tokens,
+            actions,
+            pixels[0],
+            reward,
+            logs,
+            token_rewards=token_rewards,
         )

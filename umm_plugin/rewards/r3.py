@@ -2,9 +2,14 @@
 
 Stage 1 (plan, then image): R = V F + w F. Stage 2 (reflect, then refine from a buffered stage-1 image):
 C = V_new - V_prev, or 1[the answer is "no further edit needed"] when V_prev == 1; R = w F + C F. V is the judge's
-score in [0, 1] (the judge lives elsewhere; these are pure functions of its outputs). Where the authors' code is
-not explicit, the choices are written down here: the format regex (`format_reward`) and how an answer is matched
-against the no-edit sentence (`is_no_edit`).
+score in [0, 1]. Where the authors' code is not explicit, the choices are written down here: the format regex
+(`format_reward`) and how an answer is matched against the no-edit sentence (`is_no_edit`).
+
+V itself (`checklist_score`) is the share of a checklist derived from the prompt that the image passes: one item per
+object group (count, colour, size), one for the relation, one for "nothing else". The authors ask a 72B VLM for a
+score; our `evaluator` judge checks the items on the exact parse of the pixels, our `self` judge on the objects the
+model's own caption names (`caption_objects`), with the relation answered by the model's yes/no. V = 1 exactly when
+the whole prompt holds, which is what the perfect pool and C's stop branch need.
 """
 
 import re
@@ -13,6 +18,8 @@ from collections.abc import Sequence
 import torch
 
 from umm_plugin.models.pretrain import NO_EDIT
+from umm_plugin.worlds.evaluator import Detected, check
+from umm_plugin.worlds.grammar import PromptError, parse_prompt
 
 THINK = re.compile(r"\s*<think>(?P<plan>.*?)</think>(?P<rest>.*)", re.DOTALL)
 
@@ -38,7 +45,13 @@ def is_no_edit(answer: str) -> bool:
     is collapsed; what remains must equal NO_EDIT exactly. So the plan may say anything, but "no further edit
     needed , add a red circle" is an edit: a hedged answer must not collect the perfect-image bonus.
     """
-    return " ".join(answer.rsplit("</think>", 1)[-1].split()) == NO_EDIT
+    return edit_instruction(answer) == NO_EDIT
+
+
+def edit_instruction(answer: str) -> str:
+    """What a reflect answer asks the refine turn to do: the text after the last "</think>", whitespace collapsed
+    (the same cut `is_no_edit` makes)."""
+    return " ".join(answer.rsplit("</think>", 1)[-1].split())
 
 
 def correction(v_new: torch.Tensor, v_prev: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
@@ -63,3 +76,38 @@ def stage1_rewards(v: torch.Tensor, f: torch.Tensor, w: float = 1.0) -> torch.Te
 def stage2_rewards(c: torch.Tensor, f: torch.Tensor, w: float = 1.0) -> torch.Tensor:
     """Stage-2 text reward R = w F + C F."""
     return w * f + c * f
+
+
+def checklist(meta: dict) -> list[dict]:
+    """The prompt's checks as sub-prompts `check` reads: each object group without its position, the relation (the
+    whole include list) if there is one, and "nothing else" (the exclude list) if there is one."""
+    items = [{"include": [{k: v for k, v in r.items() if k != "position"}]} for r in meta["include"]]
+    if any("position" in r for r in meta["include"]):
+        items.append({"include": meta["include"], "relation": True})
+    if meta.get("exclude"):
+        items.append({"include": [], "exclude": meta["exclude"]})
+    return items
+
+
+def checklist_score(meta: dict, objects, relation: bool | None = None) -> float:
+    """V in [0, 1]: the share of `checklist(meta)` that `objects` pass. `relation` answers the relation item instead
+    of the objects' boxes (a caption names objects but not where they are)."""
+    items = checklist(meta)
+    passed = [relation if it.get("relation") and relation is not None else check(it, objects)[0] for it in items]
+    return float(sum(passed)) / len(items)
+
+
+def caption_objects(caption: str, meta: dict):
+    """(objects, meta to check them against) from the model's own caption of an image, for the `self` judge.
+
+    The objects carry the shapes, counts and colours the caption names and no boxes. What the caption leaves out it
+    cannot refute: a caption without colours drops the prompt's colour requirements, and captions never state sizes,
+    so sizes are dropped too. An unreadable caption names nothing (every object item fails)."""
+    try:
+        groups = parse_prompt(caption).groups
+    except PromptError:
+        groups = ()
+    drop = {"size"} | (set() if any(g.color for g in groups) else {"color"})
+    meta = {**meta, "include": [{k: v for k, v in r.items() if k not in drop} for r in meta["include"]]}
+    objects = [Detected(g.shape, g.color or "", "", (0, 0, 0, 0), 0) for g in groups for _ in range(g.count)]
+    return objects, meta

@@ -145,10 +145,10 @@ def text_scores(model, codes: torch.Tensor, questions: list[str], max_new_tokens
     """Greedy answers to each question, parsed by `parse_verdict`: [B]."""
     rows = [model.chat(c, q) for c, q in zip(codes, questions, strict=True)]
     vocab = model.layout.image_offset
-    answers = generate_text(
-        model.backbone, rows, max_new_tokens, model.tokenizer.eos_token_id, vocab, pad_id=model.tokenizer.pad_token_id
-    )
-    return torch.tensor([parse_verdict(" ".join(model.tokenizer.convert_ids_to_tokens(a))) for a in answers])
+    eos = model.tokenizer.eos_token_id
+    answers = generate_text(model.backbone, rows, max_new_tokens, eos, vocab, pad_id=model.tokenizer.pad_token_id)
+    words = [" ".join(model.tokenizer.convert_ids_to_tokens([t for t in a if t != eos])) for a in answers]
+    return torch.tensor([parse_verdict(w) for w in words])
 
 
 def judge_questions(model, images: np.ndarray, prompts: list[str], k: int = 5, proposer=None):

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# R3 (reason -> generate -> reflect -> refine, tree-structured stage-wise GRPO) on the ShapesWorld weak base, through
+# OpenRLHF's real train_ppo_ray.
+#
+#   bash recipes/r3.sh [--judge self|evaluator|openai] [--smoke] [--steps N] [-- extra train_ppo_ray flags]
+#
+# Even steps are stage 1 (plan + image from the prompt), odd steps stage 2 (reflect + refine from a buffered stage-1
+# image); the R3 executor returns the text turn's reward on its tokens and the judge score V as the reward, and the
+# token-level `r3_stage` estimator gives A_text / A_img (patches 0006-0007). --judge openai needs --r3.url URL and
+# --r3.model NAME after `--`. Every eval the engine also runs R3 at inference (reflect-refine rounds until the model
+# says "no further edit needed"): curve.csv gets the accuracy after each round and the reflection accuracy,
+# rounds_<step>.png shows plan, images and reflections. Shared flags: recipes/ppo_cpu.sh.
+# Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
+# UMM_OUT (run dir: runs/r3_<judge>[_smoke]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${UMM_PYTHON:-.venv/bin/python}
+BASE=${UMM_BASE:-runs/shapes-weak}
+SMOKE=0
+STEPS=300
+JUDGE=self
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1; shift ;;
+    --judge) JUDGE=$2; shift 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    --) shift; break ;;
+    *) echo "r3.sh: unknown option $1 (use --judge J, --smoke, --steps N, -- extra flags)" >&2; exit 2 ;;
+  esac
+done
+NAME=r3_$JUDGE
+if [ "$SMOKE" = 1 ]; then
+  NAME=${NAME}_smoke
+  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=8; ROUNDS=1
+else
+  PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=200; ROUNDS=4
+fi
+OUT=${UMM_OUT:-runs/$NAME}
+source recipes/ppo_cpu.sh
+ppo_cpu umm_plugin.openrlhf.r3_agent r3_stage --r3.judge "$JUDGE" --r3.eval_rounds $ROUNDS \
+  --data.max_len 384 "$@"

@@ -1,0 +1,161 @@
+"""The R3 executor in-process on the UMM engine (no Ray): stage-1 and stage-2 trajectories as OpenRLHF sees them,
+their rewards recomputed independently from the returned tokens, each judge, and the engine's round-wise eval."""
+
+import asyncio
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from openrlhf.utils.sampling_params import SamplingParams
+
+import umm_plugin.openrlhf.r3_agent as r3_agent
+from umm_plugin.eval import r3_rounds
+from umm_plugin.models.generation import continuation_logprobs, generate_text
+from umm_plugin.models.umm import ASK, DESCRIBE
+from umm_plugin.openrlhf.engine import UMMRolloutEngine
+from umm_plugin.rewards.r3 import caption_objects, checklist_score, format_reward, is_no_edit
+from umm_plugin.worlds.evaluator import detect
+from umm_plugin.worlds.grammar import make_prompts, parse_prompt
+
+PROMPT = "a photo of a red circle to the left of a blue square"
+G = 4
+
+
+def _engine(model_dir, monkeypatch, **r3):
+    flags = {"umm.eval_n": 8, **{f"r3.{k}": v for k, v in r3.items()}}
+    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps(flags))
+    return UMMRolloutEngine(str(model_dir), seed=0, agent_func_path=r3_agent.__file__)
+
+
+def _call(engine, prompt, n=G):
+    params = SamplingParams(temperature=1.0, max_tokens=None)  # one object per host call, as over Ray
+    return asyncio.run(engine.generate_responses(prompt, "position", params, 2048, None, num_samples=n))
+
+
+def _words(umm, ids):
+    return " ".join(umm.tokenizer.convert_ids_to_tokens([t for t in ids if t != umm.tokenizer.eos_token_id]))
+
+
+def _image(umm, out, span):
+    codes = torch.tensor(out["observation_tokens"][span[0] : span[1]]) - umm.layout.image_offset
+    return codes, umm.vq.decode(codes[None])[0]
+
+
+def test_stage1_is_plan_then_image_with_R3s_rewards_and_feeds_the_buffer(pretrained_dir, monkeypatch):
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", w=0.5)
+    umm, meta = engine.umm, parse_prompt(PROMPT).meta()
+    results = _call(engine, PROMPT)
+    ctx = umm.reason_prompt(PROMPT)
+    for out in results:
+        obs, (plan, image) = out["observation_tokens"], out["action_ranges"]
+        assert obs[: len(ctx)] == ctx and plan[0] == len(ctx) and image[1] == len(obs)
+        plan_ids = obs[plan[0] : plan[1]]
+        assert obs[plan[1] : image[0]] == umm.after_plan(plan_ids) and image[1] - image[0] == umm.layout.grid**2
+        codes, pixels = _image(umm, out, image)
+        v = checklist_score(meta, detect(pixels).objects)
+        f = format_reward(_words(umm, [t for t in plan_ids if t != umm.layout.som]))
+        assert out["reward"] == pytest.approx(v) and out["extra_logs"]["r3_format"] == f
+        want = [0.0] * len(obs)
+        want[plan[0] : plan[1]] = [v * f + 0.5 * f] * (plan[1] - plan[0])
+        assert out["token_rewards"] == pytest.approx(want)
+    ex = engine.executor
+    assert len(ex.groups) == 1 and len(ex.buffer) == 0  # the group waits for the next stage-2 step
+    engine.syncs = 1
+    assert ex.stage(engine) == 2 and len(ex.buffer) == G
+    assert [e["v"] for e in ex.buffer.entries] == pytest.approx([r["reward"] for r in results])
+
+
+def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_dir, monkeypatch):
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator")
+    umm = engine.umm
+    stage1 = _call(engine, PROMPT)
+    engine.syncs = 1
+    results = _call(engine, "a photo of two green triangles", n=8)  # the host's prompt is replaced by the root's
+    roots = {id(r[1]) for r in engine.executor.roots.values()}
+    assert len(roots) == 1
+    root = next(iter(engine.executor.roots.values()))[1]
+    ctx = umm.reflect_prompt(root["codes"], PROMPT)
+    assert any(torch.equal(root["codes"], _image(umm, r, r["action_ranges"][1])[0]) for r in stage1)
+    seen = set()
+    for out in results:
+        obs, actions = out["observation_tokens"], out["action_ranges"]
+        assert out["prompt"] == PROMPT and obs[: len(ctx)] == ctx and actions[0][0] == len(ctx)
+        answer = _words(umm, obs[actions[0][0] : actions[0][1]])
+        stopped = is_no_edit(answer)
+        seen.add(stopped)
+        if stopped:
+            assert len(actions) == 1 and out["reward"] == root["v"] and actions[0][1] == len(obs)
+        else:
+            assert len(actions) == 2 and actions[1][1] == len(obs) and actions[1][1] - actions[1][0] == 64
+            v_new = checklist_score(parse_prompt(PROMPT).meta(), detect(_image(umm, out, actions[1])[1]).objects)
+            assert out["reward"] == pytest.approx(v_new)
+        v_new = out["reward"]
+        c = float(stopped) if root["v"] == 1 else v_new - root["v"]
+        f = format_reward(answer)
+        r = 1.0 * f + c * f
+        assert out["extra_logs"]["r3_correction"] == pytest.approx(c)
+        assert out["token_rewards"][actions[0][0] : actions[0][1]] == pytest.approx(
+            [r] * (actions[0][1] - actions[0][0])
+        )
+        assert sum(out["token_rewards"]) == pytest.approx(r * (actions[0][1] - actions[0][0]))  # none on the image
+    assert seen  # at least one branch ran; both are covered by the estimator's hand-computed test
+
+
+def test_self_judge_is_the_models_own_caption_and_yes_no(pretrained_dir, monkeypatch):
+    engine = _engine(pretrained_dir, monkeypatch, judge="self")
+    umm = engine.umm
+    results = _call(engine, PROMPT, n=3)
+    tok = umm.tokenizer
+    for out in results:
+        codes, _ = _image(umm, out, out["action_ranges"][1])
+        caption = generate_text(
+            umm.backbone,
+            [umm.chat(codes, DESCRIBE)],
+            r3_agent.CAPTION_TOKENS,
+            tok.eos_token_id,
+            umm.layout.image_offset,
+        )[0]
+        objects, meta = caption_objects(_words(umm, caption), parse_prompt(PROMPT).meta())
+        ctx = umm.chat(codes, ASK.format(prompt=PROMPT))
+        lp, _ = continuation_logprobs(umm.backbone, [ctx, ctx], [umm.ids("yes"), umm.ids("no")])
+        want = checklist_score(meta, objects, relation=bool(lp[0, 0] > lp[1, 0]))
+        assert out["reward"] == pytest.approx(want)
+
+
+def test_openai_judge_scores_through_the_server_and_fails_loudly(pretrained_dir, monkeypatch, server):
+    engine = _engine(pretrained_dir, monkeypatch, judge="openai", url=server.url, model="judge-7b", retries=0)
+    results = _call(engine, PROMPT, n=2)
+    assert len(server.requests) == 2 and server.requests[0]["body"]["model"] == "judge-7b"
+    assert [r["reward"] for r in results] == [r["extra_logs"]["shapes_accuracy"] for r in results]  # a perfect VLM
+    server.cfg["statuses"] = [500]
+    with pytest.raises(ValueError, match="HTTP 500"):
+        _call(engine, PROMPT, n=1)
+
+
+def test_r3_rounds_stop_and_refine_as_the_model_answers(pretrained_dir, tmp_path, monkeypatch):
+    from umm_plugin.models.umm import UMM
+
+    model = UMM.from_pretrained(pretrained_dir)
+    metas = make_prompts(12, "eval", 0)
+    r = r3_rounds(model, metas, rounds=2, keep=3)
+    assert len(r["accuracy_by_round"]) == 3 and len(r["reflection_accuracy_by_round"]) == 2
+    assert all(0 <= a <= 1 for a in r["accuracy_by_round"]) and 0 <= r["stopped"] <= 1
+    assert len(r["record"]) == 3 and all(len(x["images"]) == len(x["texts"]) for x in r["record"])
+    # the engine's evaluation hook writes R3's columns and the rounds grid
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", eval_rounds=2)
+    engine.log_dir = tmp_path
+    row = engine.evaluate_and_save()
+    assert {"r3_accuracy_round0", "r3_accuracy_round2", "r3_reflection_round1", "r3_plan_format"} <= set(row)
+    assert (tmp_path / "rounds_00000.png").is_file()
+    assert "r3_accuracy_round2" in next(csv.DictReader((tmp_path / "curve.csv").open()))
+
+
+def test_bad_r3_flags_are_refused():
+    from umm_plugin.openrlhf.r3 import R3Config
+
+    for bad in ({"judge": "gpt"}, {"p_perfect": 1.5}, {"judge": "openai"}, {"weighting": "x"}, {"text_tokens": 0}):
+        with pytest.raises(ValueError, match="--r3"):
+            R3Config(**bad)
+    assert np.isclose(R3Config().p_perfect, 0.15)

@@ -1,0 +1,57 @@
+"""R3's settings: `--r3.*` flags of `train_ppo_ray` (the R3 executor, the `r3_stage` estimator, the engine's
+round-wise evaluation).
+
+Differences from the authors' code, each a switch: the judge may be the policy itself (`self`, what makes R3
+self-rewarding) or ShapesWorld's exact checker (`evaluator`) instead of an external VLM (`openai`); the buffer may
+draw imperfect roots by their group's reward spread (`weighting spread`). The diffusion head is not trained by the
+recipe yet (Flow-GRPO's SDE step is in `algos/flow_grpo.py`): in the X-Omni layout the AR tokens fix the picture.
+"""
+
+from dataclasses import dataclass, field
+
+JUDGES = ("self", "evaluator", "openai")
+
+
+@dataclass
+class R3Config:
+    judge: str = field(
+        default="self",
+        metadata={
+            "help": "Who scores V in [0, 1]: self (the model's own caption and yes/no against a checklist of the "
+            "prompt), evaluator (ShapesWorld's exact checker), openai (an OpenAI-compatible VLM at --r3.url)."
+        },
+    )
+    w: float = field(
+        default=1.0, metadata={"help": "Format weight w in R = V F + w F and R = w F + C F (authors: 1)."}
+    )
+    p_perfect: float = field(
+        default=0.15, metadata={"help": "Stage 2 draws its root from the V == 1 pool with this probability."}
+    )
+    weighting: str = field(
+        default="uniform",
+        metadata={"help": "uniform (authors) or spread: imperfect roots drawn by their group's V spread."},
+    )
+    buffer_size: int = field(default=4096, metadata={"help": "Stage-1 results kept as stage-2 roots (oldest out)."})
+    text_tokens: int = field(default=48, metadata={"help": "Most tokens of a plan or a reflection."})
+    eval_rounds: int = field(
+        default=4, metadata={"help": "Reflect-refine rounds at each evaluation (auto-stop on 'no further edit')."}
+    )
+    url: str = field(default="", metadata={"help": "openai judge: base URL, e.g. http://127.0.0.1:8000/v1."})
+    model: str = field(default="", metadata={"help": "openai judge: the model name the server expects."})
+    timeout: float = field(default=60.0, metadata={"help": "openai judge: seconds per request."})
+    retries: int = field(default=2, metadata={"help": "openai judge: retries on connection errors and HTTP 5xx."})
+
+    def __post_init__(self):
+        if self.judge not in JUDGES:
+            raise ValueError(f"--r3.judge {self.judge!r}: use one of {', '.join(JUDGES)}")
+        if self.weighting not in ("uniform", "spread"):
+            raise ValueError(f"--r3.weighting {self.weighting!r}: use uniform or spread")
+        if not 0 <= self.p_perfect <= 1:
+            raise ValueError(f"--r3.p_perfect {self.p_perfect} must be a probability")
+        for name in ("buffer_size", "text_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--r3.{name} {getattr(self, name)} must be at least 1")
+        if self.eval_rounds < 0 or self.w < 0:
+            raise ValueError(f"--r3.eval_rounds {self.eval_rounds} and --r3.w {self.w} must not be negative")
+        if self.judge == "openai" and not (self.url and self.model):
+            raise ValueError("--r3.judge openai needs --r3.url (an OpenAI-compatible server) and --r3.model")

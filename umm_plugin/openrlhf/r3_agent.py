@@ -1,0 +1,192 @@
+"""R3 (reason -> generate -> reflect -> refine) as an OpenRLHF executor: pass this file's path to
+`--train.agent_func_path` with `--algo.advantage.estimator r3_stage`.
+
+Tree RL with the host's one-execute-one-experience, contiguous-group loop: a step is stage 1 or stage 2 by the
+parity of the engine's weight syncs (even: stage 1; odd: stage 2, once the buffer holds a stage-1 result).
+- Stage 1, per sample: the model writes a plan (text up to `</think>`, or `<SOM>` if it skips planning), then the
+  image tokens; V = the judge's checklist score, F = the plan's format; R = V F + w F. The group's results go to the
+  `TreeBuffer` (as a group: the spread weighting needs it) when the next stage-2 step starts.
+- Stage 2, per group: the G samples of one host call (one `generate_responses`, i.e. one sampling-params object)
+  share one root drawn from the buffer, so the host's prompt is replaced by the root's. Each reflects on the root
+  image (`<think> what it sees </think>` then "no further edit needed" or an edit) and, unless it stopped, refines
+  it in the same conversation; C = V_new - V_prev (or 1[stop] when V_prev = 1); R = w F + C F.
+The trajectory's first action segment is the text turn (R on its tokens as `token_rewards`), the image turn follows;
+the scalar reward is V (V_prev for a member that stopped). `r3_stage` turns them into A_text and A_img (patch 0007).
+
+Judges (`--r3.judge`): `self` asks the model (the engine's current weights, or the LoRA-free ones with `--umm.judge
+reference`) for its greedy caption and, for a relation, its yes/no; `evaluator` is ShapesWorld's exact checker;
+`openai` any OpenAI-compatible VLM. V is judged on the codebook render of the tokens (the head reproduces it).
+"""
+
+import asyncio
+import math
+
+import numpy as np
+import torch
+
+from umm_plugin.algos.r3 import TreeBuffer
+from umm_plugin.models.umm import ASK, DESCRIBE
+from umm_plugin.openrlhf.executor import UMMExecutor
+from umm_plugin.openrlhf.plugin import r3_config
+from umm_plugin.rewards.openai_judge import OpenAIJudge
+from umm_plugin.rewards.r3 import (
+    caption_objects,
+    checklist_score,
+    correction,
+    edit_instruction,
+    format_reward,
+    is_no_edit,
+    stage1_rewards,
+    stage2_rewards,
+)
+from umm_plugin.worlds.evaluator import detect
+from umm_plugin.worlds.grammar import parse_prompt
+
+CAPTION_TOKENS = 40
+
+
+class AgentExecutor(UMMExecutor):
+    def __init__(self):
+        super().__init__()
+        self.r3 = r3_config()
+        self.buffer = TreeBuffer(self.r3.buffer_size, self.r3.p_perfect, self.r3.weighting)
+        self.rng = np.random.default_rng(0)
+        # Host calls are told apart by their sampling-params object (one per generate_responses call); each entry
+        # keeps that object alive so its id cannot be reused while the entry exists.
+        self.groups = {}  # stage 1: id -> (params, prompt, [V], [state])
+        self.roots = {}  # stage 2: id -> (params, drawn root)
+        self.openai = None
+        if self.r3.judge == "openai":
+            r3 = self.r3
+            self.openai = OpenAIJudge(r3.url, r3.model, timeout=r3.timeout, retries=r3.retries)
+
+    def stage(self, llm_engine) -> int:
+        if getattr(llm_engine, "syncs", 0) % 2 == 0:
+            self.roots.clear()
+            return 1
+        for _, prompt, v, states in self.groups.values():
+            self.buffer.add_group(prompt, v, states)
+        self.groups.clear()
+        return 2 if len(self.buffer) else 1
+
+    async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
+        if self.stage(llm_engine) == 1:
+            return await self.reason_and_generate(prompt, label, sampling_params, llm_engine, images)
+        key = id(sampling_params)
+        if key not in self.roots:  # the first member of this group draws the group's root
+            self.roots[key] = (sampling_params, self.buffer.draw(self.rng))
+        return await self.reflect_and_refine(self.roots[key][1], label, sampling_params, llm_engine, images)
+
+    async def reason_and_generate(self, prompt, label, sampling_params, llm_engine, images):
+        umm = self.model(llm_engine)
+        lay, tok = umm.layout, umm.tokenizer
+        ctx = umm.reason_prompt(prompt)
+        end_think, som = tok.convert_tokens_to_ids(["</think>", "<SOM>"])
+        plan = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens, [end_think, som])
+        ids = ctx + plan + umm.after_plan(plan)  # a `<SOM>` the model wrote stays part of its plan action
+        tokens = await self.generate_codes(llm_engine, sampling_params, ids)
+        codes = torch.tensor(tokens) - lay.image_offset
+        pixels = umm.vq.decode(codes[None])[0]
+        v = await self.judge(llm_engine, sampling_params, prompt, codes, pixels)
+        f = format_reward(" ".join(tok.convert_ids_to_tokens([t for t in plan if t != som])))
+        r = float(stage1_rewards(torch.tensor(v), torch.tensor(f), self.r3.w))
+
+        key = id(sampling_params)
+        _, _, vs, states = self.groups.setdefault(key, (sampling_params, prompt, [], []))
+        vs.append(v)
+        states.append({"codes": codes})
+        observation = ids + tokens
+        actions = [(len(ctx), len(ctx) + len(plan)), (len(ids), len(observation))]
+        token_rewards = [0.0] * len(observation)
+        token_rewards[len(ctx) : len(ctx) + len(plan)] = [r] * len(plan)
+        logs = {"r3_stage": 1.0, "r3_v": v, "r3_format": f, "r3_text_reward": r, "r3_plan_tokens": float(len(plan))}
+        return self.response(
+            llm_engine, prompt, label, images, observation, actions, pixels, v, logs, token_rewards=token_rewards
+        )
+
+    async def reflect_and_refine(self, root, label, sampling_params, llm_engine, images):
+        umm = self.model(llm_engine)
+        lay, tok = umm.layout, umm.tokenizer
+        prompt, v_prev, codes = root["prompt"], root["v"], root["codes"]
+        ctx = umm.reflect_prompt(codes, prompt)
+        answer = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens)
+        words = tok.convert_ids_to_tokens([t for t in answer if t != tok.eos_token_id])
+        text = " ".join(words)
+        f, stopped = format_reward(text), is_no_edit(text)
+        observation = ctx + answer
+        actions = [(len(ctx), len(observation))]
+        if stopped:  # the image is kept: V_new = V_prev, no image action
+            v_new, pixels = v_prev, umm.vq.decode(codes[None])[0]
+        else:
+            # The refine turn continues the conversation with the edit the reflection asked for.
+            instruction = tok.convert_tokens_to_ids(edit_instruction(text).split())
+            end = [] if answer[-1:] == [tok.eos_token_id] else [tok.eos_token_id]
+            ids = observation + end + umm.refine_turn(instruction)
+            tokens = await self.generate_codes(llm_engine, sampling_params, ids)
+            new = torch.tensor(tokens) - lay.image_offset
+            pixels = umm.vq.decode(new[None])[0]
+            v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels)
+            actions.append((len(ids), len(ids) + len(tokens)))
+            observation = ids + tokens
+        c = correction(torch.tensor([v_new]), torch.tensor([v_prev]), [text])
+        r = float(stage2_rewards(c, torch.tensor([f]), self.r3.w)[0])
+        token_rewards = [0.0] * len(observation)
+        token_rewards[actions[0][0] : actions[0][1]] = [r] * (actions[0][1] - actions[0][0])
+        logs = {
+            "r3_stage": 2.0,
+            "r3_v": v_new,
+            "r3_v_prev": v_prev,
+            "r3_format": f,
+            "r3_text_reward": r,
+            "r3_stop": float(stopped),
+            "r3_correction": float(c[0]),
+            "r3_root_importance": root["importance"],
+        }
+        return self.response(
+            llm_engine, prompt, label, images, observation, actions, pixels, v_new, logs, token_rewards=token_rewards
+        )
+
+    def evaluate(self, model, log_dir, step, temperature, top_k, min_p) -> dict:
+        """The engine's evaluation hook: R3 at inference on held-out prompts (`eval.r3_rounds`), rounds grid saved."""
+        from umm_plugin.eval import r3_rounds, save_rounds
+        from umm_plugin.worlds.grammar import make_prompts
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        metas = make_prompts(self.cfg.eval_n, "eval", 0)
+        r = r3_rounds(model, metas, self.r3.eval_rounds, temperature, top_k, min_p, text_tokens=self.r3.text_tokens)
+        save_rounds(r["record"], log_dir / f"rounds_{step:05d}.png")
+        out = {f"r3_accuracy_round{k}": a for k, a in enumerate(r["accuracy_by_round"])}
+        out |= {f"r3_reflection_round{k}": a for k, a in enumerate(r["reflection_accuracy_by_round"], 1)}
+        return out | {"r3_stopped": r["stopped"], "r3_plan_format": r["plan_format"]}
+
+    async def judge(self, llm_engine, sampling_params, prompt, codes, pixels) -> float:
+        """V in [0, 1] for an image of `prompt`; never a silent 0 (an unreachable openai judge is an error)."""
+        if self.r3.judge == "openai":
+            v = await asyncio.to_thread(self.openai.score, prompt, pixels)
+        elif self.r3.judge == "evaluator":
+            v = checklist_score(parse_prompt(prompt).meta(), detect(pixels).objects)
+        else:
+            v = await self.self_judge(llm_engine, sampling_params, prompt, codes)
+        if not math.isfinite(v) or not 0 <= v <= 1:
+            raise ValueError(f"R3 judge {self.r3.judge} gave V = {v} for prompt {prompt!r}: it must lie in [0, 1]")
+        return v
+
+    async def self_judge(self, llm_engine, sampling_params, prompt, codes) -> float:
+        """The model's own understanding: its greedy caption names the objects; for a relation, p(yes) > p(no) to
+        'is this <prompt> ?'. Both from the weights `--umm.judge` names."""
+        umm, meta = self.model(llm_engine), parse_prompt(prompt).meta()
+        kw = {} if self.cfg.judge == "policy" else {"use_adapter": False}
+        params = type(sampling_params)(temperature=0.0, max_tokens=CAPTION_TOKENS)
+        params.allowed_token_ids = list(range(umm.layout.image_offset))
+        caption = await llm_engine.generate(umm.chat(codes, DESCRIBE), params, **kw)
+        ids = [t for t in caption.outputs[0].token_ids if t != umm.tokenizer.eos_token_id]
+        objects, meta = caption_objects(" ".join(umm.tokenizer.convert_ids_to_tokens(ids)), meta)
+        relation = None
+        if any("position" in r for r in meta["include"]):
+            ctx = umm.chat(codes, ASK.format(prompt=prompt))
+            score = type(sampling_params)(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+            yes, no = umm.ids("yes")[0], umm.ids("no")[0]
+            outs = await asyncio.gather(*[llm_engine.generate(ctx + [w], score, **kw) for w in (yes, no)])
+            p_yes, p_no = (o.prompt_logprobs[-1][w].logprob for o, w in zip(outs, (yes, no)))
+            relation = p_yes > p_no
+        return checklist_score(meta, objects, relation)
