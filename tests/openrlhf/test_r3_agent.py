@@ -44,7 +44,7 @@ def _image(umm, out, span):
 
 
 def test_stage1_is_plan_then_image_with_R3s_rewards_and_feeds_the_buffer(pretrained_dir, monkeypatch):
-    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", w=0.5)
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", w=0.5, score="checklist")
     umm, meta = engine.umm, parse_prompt(PROMPT).meta()
     results = _call(engine, PROMPT)
     ctx = umm.reason_prompt(PROMPT)
@@ -65,10 +65,23 @@ def test_stage1_is_plan_then_image_with_R3s_rewards_and_feeds_the_buffer(pretrai
     engine.syncs = 1
     assert ex.stage(engine) == 2 and len(ex.buffer) == G
     assert [e["v"] for e in ex.buffer.entries] == pytest.approx([r["reward"] for r in results])
+    engine.syncs = 2  # the next stage-1 step's results replace these
+    second = _call(engine, "a photo of two green triangles")
+    engine.syncs = 3
+    assert ex.stage(engine) == 2 and [e["prompt"] for e in ex.buffer.entries] == ["a photo of two green triangles"] * G
+    assert [e["v"] for e in ex.buffer.entries] == pytest.approx([r["reward"] for r in second])
+
+
+def test_binary_score_is_one_exactly_when_the_whole_checklist_holds(pretrained_dir, monkeypatch):
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator")  # the default: the authors' 0/1 verdict
+    umm, meta = engine.umm, parse_prompt(PROMPT).meta()
+    for out in _call(engine, PROMPT, n=8):
+        _, pixels = _image(umm, out, out["action_ranges"][1])
+        assert out["reward"] == float(checklist_score(meta, detect(pixels).objects) == 1)
 
 
 def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_dir, monkeypatch):
-    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator")
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", score="checklist")
     umm = engine.umm
     stage1 = _call(engine, PROMPT)
     engine.syncs = 1
@@ -104,7 +117,7 @@ def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_di
 
 
 def test_self_judge_is_the_models_own_caption_and_yes_no(pretrained_dir, monkeypatch):
-    engine = _engine(pretrained_dir, monkeypatch, judge="self")
+    engine = _engine(pretrained_dir, monkeypatch, judge="self", score="checklist")
     umm = engine.umm
     results = _call(engine, PROMPT, n=3)
     tok = umm.tokenizer
@@ -155,7 +168,8 @@ def test_r3_rounds_stop_and_refine_as_the_model_answers(pretrained_dir, tmp_path
 def test_bad_r3_flags_are_refused():
     from umm_plugin.openrlhf.r3 import R3Config
 
-    for bad in ({"judge": "gpt"}, {"p_perfect": 1.5}, {"judge": "openai"}, {"weighting": "x"}, {"text_tokens": 0}):
+    bad_flags = ({"judge": "gpt"}, {"p_perfect": 1.5}, {"judge": "openai"}, {"weighting": "x"}, {"score": "soft"})
+    for bad in bad_flags + ({"text_tokens": 0},):
         with pytest.raises(ValueError, match="--r3"):
             R3Config(**bad)
     assert np.isclose(R3Config().p_perfect, 0.15)

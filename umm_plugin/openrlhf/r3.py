@@ -2,8 +2,11 @@
 round-wise evaluation).
 
 Differences from the authors' code, each a switch: the judge may be the policy itself (`self`, what makes R3
-self-rewarding) or ShapesWorld's exact checker (`evaluator`) instead of an external VLM (`openai`); the buffer may
-draw imperfect roots by their group's reward spread (`weighting spread`). The diffusion head is not trained by the
+self-rewarding) or ShapesWorld's exact checker (`evaluator`) instead of an external VLM (`openai`); V may be the
+checklist's share (`score checklist`) instead of the authors' 0/1 verdict; the buffer may draw imperfect roots by
+their group's reward spread (`weighting spread`). As in the authors' code, stage 2 draws from the last stage-1
+step's results only. Unlike it, a member that stops keeps V_prev instead of a second verdict on the same image (the
+judges here are deterministic), and a judge that fails is an error, not V = 0. The diffusion head is not trained by the
 recipe yet (Flow-GRPO's SDE step is in `algos/flow_grpo.py`): in the X-Omni layout the AR tokens fix the picture.
 """
 
@@ -21,6 +24,13 @@ class R3Config:
             "prompt), evaluator (ShapesWorld's exact checker), openai (an OpenAI-compatible VLM at --r3.url)."
         },
     )
+    score: str = field(
+        default="binary",
+        metadata={
+            "help": "binary: V = 1 when the judge finds the whole prompt satisfied, else 0 (the authors' GenEval judge "
+            "answers correct 0/1); checklist: V = the share of the prompt's checklist that holds."
+        },
+    )
     w: float = field(
         default=1.0, metadata={"help": "Format weight w in R = V F + w F and R = w F + C F (authors: 1)."}
     )
@@ -31,7 +41,9 @@ class R3Config:
         default="uniform",
         metadata={"help": "uniform (authors) or spread: imperfect roots drawn by their group's V spread."},
     )
-    buffer_size: int = field(default=4096, metadata={"help": "Stage-1 results kept as stage-2 roots (oldest out)."})
+    buffer_size: int = field(
+        default=4096, metadata={"help": "Most stage-1 results kept as stage-2 roots (the last stage-1 step's)."}
+    )
     text_tokens: int = field(default=48, metadata={"help": "Most tokens of a plan or a reflection."})
     eval_rounds: int = field(
         default=4, metadata={"help": "Reflect-refine rounds at each evaluation (auto-stop on 'no further edit')."}
@@ -44,6 +56,8 @@ class R3Config:
     def __post_init__(self):
         if self.judge not in JUDGES:
             raise ValueError(f"--r3.judge {self.judge!r}: use one of {', '.join(JUDGES)}")
+        if self.score not in ("binary", "checklist"):
+            raise ValueError(f"--r3.score {self.score!r}: use binary or checklist")
         if self.weighting not in ("uniform", "spread"):
             raise ValueError(f"--r3.weighting {self.weighting!r}: use uniform or spread")
         if not 0 <= self.p_perfect <= 1:

@@ -4,8 +4,9 @@
 Tree RL with the host's one-execute-one-experience, contiguous-group loop: a step is stage 1 or stage 2 by the
 parity of the engine's weight syncs (even: stage 1; odd: stage 2, once the buffer holds a stage-1 result).
 - Stage 1, per sample: the model writes a plan (text up to `</think>`, or `<SOM>` if it skips planning), then the
-  image tokens; V = the judge's checklist score, F = the plan's format; R = V F + w F. The group's results go to the
-  `TreeBuffer` (as a group: the spread weighting needs it) when the next stage-2 step starts.
+  image tokens; V = the judge's verdict (0/1, or the checklist's share with `--r3.score checklist`), F = the plan's
+  format; R = V F + w F. The step's groups replace the `TreeBuffer`'s contents (as groups: the spread weighting
+  needs them) when the next stage-2 step starts.
 - Stage 2, per group: the G samples of one host call (one `generate_responses`, i.e. one sampling-params object)
   share one root drawn from the buffer, so the host's prompt is replaced by the root's. Each reflects on the root
   image (`<think> what it sees </think>` then "no further edit needed" or an edit) and, unless it stopped, refines
@@ -64,6 +65,8 @@ class AgentExecutor(UMMExecutor):
         if getattr(llm_engine, "syncs", 0) % 2 == 0:
             self.roots.clear()
             return 1
+        if self.groups:  # a new stage-1 step's results replace the last one's, as in the authors' code
+            self.buffer.entries.clear()
         for _, prompt, v, states in self.groups.values():
             self.buffer.add_group(prompt, v, states)
         self.groups.clear()
@@ -169,7 +172,7 @@ class AgentExecutor(UMMExecutor):
             v = await self.self_judge(llm_engine, sampling_params, prompt, codes)
         if not math.isfinite(v) or not 0 <= v <= 1:
             raise ValueError(f"R3 judge {self.r3.judge} gave V = {v} for prompt {prompt!r}: it must lie in [0, 1]")
-        return v
+        return float(v == 1) if self.r3.score == "binary" else v
 
     async def self_judge(self, llm_engine, sampling_params, prompt, codes) -> float:
         """The model's own understanding: its greedy caption names the objects; for a relation, p(yes) > p(no) to
