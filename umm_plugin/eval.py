@@ -218,6 +218,10 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
     gen = torch.Generator().manual_seed(seed)
     words = lambda ids: " ".join(tok.convert_ids_to_tokens([t for t in ids if t != eos]))  # noqa: E731
 
+    def refine_context(context, answer):  # the reflect turn, closed by its end token, then the edit it asks for
+        instruction = tok.convert_tokens_to_ids(edit_instruction(words(answer)).split())
+        return context + answer + ([] if answer[-1:] == [eos] else [eos]) + model.refine_turn(instruction)
+
     def images_after(rows):
         codes = generate_image_tokens(bb, lay, rows, None, 1.0, temperature, top_k, min_p, gen, pad)
         return codes, model.vq.decode(codes)
@@ -241,14 +245,7 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
         stop = np.array([is_no_edit(words(a)) for a in answers])
         reflection.append(float((stop == ok[idx]).mean()))
         active[idx[stop]] = False
-        rows = [
-            c
-            + a
-            + ([] if a[-1:] == [eos] else [eos])
-            + model.refine_turn(tok.convert_tokens_to_ids(edit_instruction(words(a)).split()))
-            for c, a, s in zip(contexts, answers, stop)
-            if not s
-        ]
+        rows = [refine_context(c, a) for c, a, s in zip(contexts, answers, stop) if not s]
         edited = idx[~stop]
         if len(rows):
             new_codes, new_images = images_after(rows)

@@ -12,7 +12,7 @@ PLOTTED = {
     "auc": "gray",
     "r3_accuracy_round0": "green",  # R3: the first image, then after the last reflect-refine round
     "r3_accuracy_round4": "purple",
-    "r3_reflection_round1": "brown",
+    "r3_reflection_round1": "teal",
 }
 
 

@@ -164,23 +164,22 @@ class UMMRolloutEngine:
             if getattr(p, "logprobs", None) is not None:
                 raise ValueError("the UMM engine does not return sampled-token logprobs; leave logprobs unset")
             kind = self._kind(p)
-            stops = tuple(p.stop_token_ids or ()) if kind == "text" else ()
-            key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), stops)
-            key += (p.max_tokens, bool(p.allowed_token_ids)) if kind == "text" else ()
+            # Requests batch together when they sample alike; text turns also need the same stops and length.
+            text = (tuple(p.stop_token_ids or ()), p.max_tokens, bool(p.allowed_token_ids)) if kind == "text" else ()
+            key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), text)
             groups.setdefault(key, []).append(i)
         pad, lay = self.umm.tokenizer.pad_token_id, self.umm.layout
-        for key, idx in groups.items():
-            kind, adapter, temperature, top_k, min_p, stops = key[:6]
+        for (kind, adapter, temperature, top_k, min_p, text), idx in groups.items():
             with self._adapter(adapter):
                 if kind == "score":
                     for i, res in zip(idx, self._score([batch[i] for i in idx])):
                         out[i] = res
                 elif kind == "text":  # vLLM stops at EOS and at stop_token_ids, and keeps the stop token
+                    stops, max_tokens, text_only = text
                     stop = {*stops, self.umm.tokenizer.eos_token_id}
-                    vocab = lay.image_offset if key[7] else None
-                    rows = [batch[i].ids for i in idx]
+                    rows, vocab = [batch[i].ids for i in idx], lay.image_offset if text_only else None
                     texts = generate_text(
-                        self.umm.backbone, rows, key[6], stop, vocab, temperature, self.generator, pad
+                        self.umm.backbone, rows, max_tokens, stop, vocab, temperature, self.generator, pad
                     )
                     for i, row in zip(idx, texts):
                         reason = "stop" if row and row[-1] in stop else "length"

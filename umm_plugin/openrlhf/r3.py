@@ -27,8 +27,8 @@ class R3Config:
     score: str = field(
         default="binary",
         metadata={
-            "help": "binary: V = 1 when the judge finds the whole prompt satisfied, else 0 (the authors' GenEval judge "
-            "answers correct 0/1); checklist: V = the share of the prompt's checklist that holds."
+            "help": "binary: V = 1 when the judge finds the whole prompt satisfied, else 0 (the authors' GenEval "
+            "judge answers correct 0/1); checklist: V = the share of the prompt's checklist that holds."
         },
     )
     w: float = field(

@@ -2,7 +2,8 @@
 `--train.agent_func_path` with `--algo.advantage.estimator r3_stage`.
 
 Tree RL with the host's one-execute-one-experience, contiguous-group loop: a step is stage 1 or stage 2 by the
-parity of the engine's weight syncs (even: stage 1; odd: stage 2, once the buffer holds a stage-1 result).
+parity of the engine's weight syncs (even: stage 1; odd: stage 2, once the buffer holds a stage-1 result). vLLM's
+actor keeps no sync count, so there every step is stage 1 until it exposes one (not run here: no GPU).
 - Stage 1, per sample: the model writes a plan (text up to `</think>`, or `<SOM>` if it skips planning), then the
   image tokens; V = the judge's verdict (0/1, or the checklist's share with `--r3.score checklist`), F = the plan's
   format; R = V F + w F. The step's groups replace the `TreeBuffer`'s contents (as groups: the spread weighting
