@@ -9,7 +9,9 @@
 # token-level `r3_stage` estimator gives A_text / A_img (patches 0006-0007). --judge openai needs --r3.url URL and
 # --r3.model NAME after `--`. Every eval the engine also runs R3 at inference (reflect-refine rounds until the model
 # says "no further edit needed"): curve.csv gets the accuracy after each round and the reflection accuracy,
-# rounds_<step>.png shows plan, images and reflections. Shared flags: recipes/ppo_cpu.sh.
+# rounds_<step>.png shows plan, images and reflections. The diffusion head is trained beside the backbone (Flow-GRPO,
+# one SDE step per image, loss weight 2.0, its own AdamW: --umm.head_rl true, patches/0008); pass
+# `-- --umm.head_rl false` to train the AR backbone only. Shared flags: recipes/ppo_cpu.sh.
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
 # UMM_OUT (run dir: runs/r3_<judge>[_smoke]).
 set -euo pipefail
@@ -38,4 +40,4 @@ fi
 OUT=${UMM_OUT:-runs/$NAME}
 source recipes/ppo_cpu.sh
 ppo_cpu umm_plugin.openrlhf.r3_agent r3_stage --r3.judge "$JUDGE" --r3.eval_rounds $ROUNDS \
-  --data.max_len 384 "$@"
+  --data.max_len 384 --umm.head_rl true "$@"

@@ -156,3 +156,40 @@ def test_bad_arguments_raise():
         sde_step_with_logprob(s, x, 0, x, eta_form="sde")
     with pytest.raises(ValueError, match="low <= high"):
         shared_group_draws(2, 2, (1,), 3, 1)
+
+
+def test_sde_render_is_euler_ode_but_one_sde_step_scored_again_exactly():
+    from umm_plugin.algos.flow_grpo import sde_render
+
+    s = scheduler(4)
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 3, 4, 4, generator=g, dtype=F64)
+    velocity = lambda x, sigma, w=w: torch.tanh(x * w) + sigma[:, None, None, None]  # noqa: E731
+    noise, t_index = torch.randn(3, 3, 4, 4, generator=g, dtype=F64), torch.tensor([0, 1, 2])
+    x0, x_t, x_next, logp = sde_render(velocity, s, noise, t_index, "r3", 0.7, torch.Generator().manual_seed(3))
+    for row in range(3):  # reference: the scheduler's own Euler step everywhere but the SDE step
+        x = noise[row : row + 1]
+        s.set_timesteps(4)  # resets the scheduler's step counter
+        for i, t in enumerate(s.timesteps):
+            v = velocity(x, s.sigmas[i : i + 1], w[row : row + 1])
+            if i == t_index[row]:
+                assert torch.allclose(x, x_t[row : row + 1], atol=1e-6, rtol=0)
+                s.step(v, t, x)  # only advances the scheduler's step counter
+                x, v = x_t[row : row + 1], velocity(x_t[row : row + 1], s.sigmas[i : i + 1], w[row : row + 1])
+                x, lp, _, _ = sde_step_with_logprob(s, v, i, x, "r3", 0.7, prev_sample=x_next[row : row + 1])
+                assert lp.item() == pytest.approx(logp[row].item(), abs=1e-12)
+            else:
+                x = s.step(v, t, x).prev_sample
+        assert torch.allclose(x, x0[row : row + 1], atol=1e-6, rtol=0)  # the scheduler steps in float32
+    assert not torch.equal(x_next[0], x_t[0])  # the SDE step added noise
+
+
+def test_clipped_surrogate_hand_numbers():
+    from umm_plugin.algos.flow_grpo import clipped_surrogate
+
+    logp = torch.log(torch.tensor([1.0, 1.5, 0.5, 1.5, 0.5]))
+    adv = torch.tensor([2.0, 1.0, 1.0, -1.0, -1.0])
+    # ratio 1: -2; ratio 1.5, A>0: clipped at 1.2 -> -1.2; ratio .5, A>0: -.5 (min keeps the unclipped);
+    # ratio 1.5, A<0: 1.5 (unclipped is larger); ratio .5, A<0: clipped at .8 -> .8
+    expected = torch.tensor([-2.0, -1.2, -0.5, 1.5, 0.8])
+    assert torch.allclose(clipped_surrogate(logp, torch.zeros(5), adv, 0.2), expected, atol=1e-6)

@@ -29,7 +29,7 @@ def scratch(tmp_path):
 
 def test_installed_openrlhf_has_every_patch():
     files = patching.patch_files()
-    assert [p.name[:4] for p in files] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert [p.name[:4] for p in files] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
     assert patching.applied_count(patching.site_root(), files) == len(files)
     for p in files:  # every patch says why before its diff
         assert p.read_text().splitlines()[2].startswith("Why: ")

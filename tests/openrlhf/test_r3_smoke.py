@@ -1,6 +1,9 @@
 """`recipes/r3.sh --smoke` through the real `python -m openrlhf.cli.train_ppo_ray` with each judge: step 0 is stage
 1 (plan + image), step 1 stage 2 (reflect + refine from the buffer); the host's `r3_stage` estimator trains on it,
-the engine's evaluation writes R3's round-wise columns, and the checkpoint loads in `umm-plugin eval`."""
+the engine's evaluation writes R3's round-wise columns, and the checkpoint loads in `umm-plugin eval`. The recipe
+trains the diffusion head beside the backbone (patches/0008): its PPO ratio starts at exactly 1 (the engine's head
+is the actor's after each sync, and the rollout's SDE log-prob is scored again on the same step), it moves, and the
+engine's final head equals the head the actor saved."""
 
 import csv
 import json
@@ -10,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,6 +37,12 @@ def _smoke(base, out, judge, *extra):
     for s in steps:
         assert 0 <= s["r3_v"] <= 1 and s["reward"] == pytest.approx(s["r3_v"]) and 0 <= s["r3_format"] <= 1
         assert s["kl"] >= 0 and "policy_loss" in s
+        assert abs(s["umm_head_ratio"] - 1) < 1e-5 and s["umm_head_kl"] >= 0  # one update: ratio 1 iff exact
+    head = "diffusion_head/diffusion_pytorch_model.safetensors"
+    base_w, actor_w, engine_w = (load_file(d / head) for d in (base, out / "actor", out / "policy"))
+    assert actor_w.keys() == engine_w.keys() == base_w.keys()
+    assert all(torch.equal(actor_w[k], engine_w[k]) for k in actor_w)  # the sync is exact
+    moved = max(float((actor_w[k] - base_w[k]).abs().max()) for k in actor_w)
     assert 0 <= steps[1]["r3_stop"] <= 1 and -1 <= steps[1]["r3_correction"] <= 1
     rows = list(csv.DictReader((out / "curve.csv").open()))
     assert [r["step"] for r in rows] == ["0", "2"]
@@ -40,12 +51,17 @@ def _smoke(base, out, judge, *extra):
     assert (out / "rounds_00002.png").is_file() and (out / "curve.png").is_file()
     run = _run([sys.executable, "-m", "umm_plugin.cli", "eval", "--model", str(out / "policy"), "--n", "10"])
     assert run.returncode == 0, run.stderr[-2000:]
-    return steps
+    return steps, moved
 
 
-@pytest.mark.parametrize("judge", ["self", "evaluator"])
-def test_smoke(pretrained_dir, tmp_path, judge):
-    _smoke(pretrained_dir, tmp_path, judge)
+def test_smoke_self_judge(pretrained_dir, tmp_path):
+    _smoke(pretrained_dir, tmp_path, "self")
+
+
+def test_smoke_evaluator_judge_trains_the_head(pretrained_dir, tmp_path):
+    # The checklist's share gives V spread inside groups even for a tiny model, so image advantages are not all 0.
+    steps, moved = _smoke(pretrained_dir, tmp_path, "evaluator", "--r3.score", "checklist")
+    assert moved > 0
 
 
 def test_smoke_openai_judge_on_a_loopback_server(pretrained_dir, tmp_path, server):

@@ -117,3 +117,32 @@ def shared_group_draws(
     t_index = torch.randint(low, high + 1, (num_groups,), generator=generator)
     noise = torch.randn((num_groups, *noise_shape), generator=generator)
     return t_index.repeat_interleave(group_size), noise.repeat_interleave(group_size, dim=0)
+
+
+@torch.no_grad()
+def sde_render(velocity, scheduler, noise: torch.Tensor, t_index, eta_form="flow_grpo", a=0.7, generator=None):
+    """Denoise `noise` [B, ...] along `scheduler.sigmas` (after `set_timesteps`): Euler ODE steps except one SDE step
+    per row at t_index (an int or LongTensor [B]), the rollout side of Flow-GRPO with one trained step.
+
+    velocity(x, sigma [B]) -> v. Returns (x0, x_t, x_next, log_prob [B]): (x_t, x_next) is each row's SDE pair, the
+    state the training pass scores again with `sde_step_with_logprob(..., prev_sample=x_next)`.
+    """
+    sigmas = scheduler.sigmas.to(noise.device, noise.dtype)
+    t_index = torch.as_tensor(t_index, device=noise.device).expand(len(noise))
+    x, x_t, x_next = noise, torch.empty_like(noise), torch.empty_like(noise)
+    log_prob = torch.zeros(len(noise), device=noise.device, dtype=noise.dtype)
+    for i in range(len(sigmas) - 1):
+        v = velocity(x, sigmas[i].expand(len(x)))
+        step = x + (sigmas[i + 1] - sigmas[i]) * v  # the scheduler's Euler step
+        sde = t_index == i
+        if sde.any():
+            prev, lp, _, _ = sde_step_with_logprob(scheduler, v[sde], i, x[sde], eta_form, a, generator=generator)
+            x_t[sde], x_next[sde], log_prob[sde], step[sde] = x[sde], prev, lp, prev
+        x = step
+    return x, x_t, x_next, log_prob
+
+
+def clipped_surrogate(log_prob, old_log_prob, advantages, clip: float = 0.2) -> torch.Tensor:
+    """[B] PPO's clipped loss -min(r A, clip(r, 1 - clip, 1 + clip) A), r = exp(log_prob - old_log_prob)."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))

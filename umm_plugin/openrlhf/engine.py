@@ -90,7 +90,9 @@ class UMMRolloutEngine:
             from peft import get_peft_model
 
             self.umm.backbone = get_peft_model(self.umm.backbone, lora).eval()
+        # The actor syncs its diffusion-head policy (--umm.head_rl, patches/0008) under the extension's name.
         self.params = dict(self.umm.backbone.named_parameters())
+        self.params |= {f"umm_head.{n}": p for n, p in self.umm.head.named_parameters()}
         self.generator = torch.Generator().manual_seed(seed + index)
         self.executor = None
         if agent_func_path:

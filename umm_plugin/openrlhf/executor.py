@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from openrlhf.utils.agent import AgentExecutorBase
 
+from umm_plugin.algos.flow_grpo import R3_A, sde_render, shared_group_draws
+from umm_plugin.models.diffusion_head import from_pixels
 from umm_plugin.models.umm import UMM
 from umm_plugin.openrlhf.plugin import umm_config
 from umm_plugin.worlds.evaluator import detect, evaluate
@@ -19,6 +21,7 @@ class UMMExecutor(AgentExecutorBase):
         self.cfg = umm_config()
         self.umm = None
         self.generator = torch.Generator().manual_seed(0)
+        self.draws, self.draws_sync = {}, None  # --umm.head_rl: id(sampling params) -> (params, t_index, noise)
 
     def model(self, llm_engine) -> UMM:
         """The engine's own UMM (our engine), or the small non-backbone parts loaded next to vLLM's backbone."""
@@ -43,6 +46,40 @@ class UMMExecutor(AgentExecutorBase):
         params.allowed_token_ids = list(range(self.model(llm_engine).layout.image_offset))
         out = await llm_engine.generate(ids, params)
         return list(out.outputs[0].token_ids)
+
+    def render(self, llm_engine, sampling_params, codes: torch.Tensor, edit: bool = False):
+        """(pixels [H, W, 3], mm_train_inputs) of one image's codes: the codebook render (the head reproduces it) and
+        None, or with --umm.head_rl the head's render with Flow-GRPO's one SDE step and what the actor's head
+        policy scores again. The members of a group (one sampling-params object) share the initial noise and the
+        SDE step index, drawn from the first steps but the last (R3: a = 0.7 generating, 1.0 editing)."""
+        umm = self.model(llm_engine)
+        if not self.cfg.head_rl:
+            return umm.vq.decode(codes[None])[0], None
+        sync = getattr(llm_engine, "syncs", None)
+        if sync != self.draws_sync:  # a new step: its groups draw afresh
+            self.draws, self.draws_sync = {}, sync
+        head, steps = umm.head, self.cfg.head_steps
+        key = (id(sampling_params), edit)
+        if key not in self.draws:
+            size = head.config.grid * head.config.patch
+            t_index, noise = shared_group_draws(
+                1, 1, (3, size, size), 0, min(steps - 2, 1 if edit else steps), self.generator
+            )
+            self.draws[key] = (sampling_params, t_index, noise)
+        _, t_index, noise = self.draws[key]
+        a = R3_A["editing" if edit else "generation"]
+        umm.scheduler.set_timesteps(steps)
+        x0, x_t, x_next, logp = sde_render(
+            lambda x, sigma: head(x, sigma, codes[None]),
+            umm.scheduler,
+            noise,
+            t_index,
+            self.cfg.head_eta_form,
+            a,
+            self.generator,
+        )
+        record = {"head_x_t": x_t, "head_x_next": x_next, "head_t_index": t_index, "head_a": torch.tensor([a])}
+        return from_pixels(x0)[0], record | {"head_logp": logp, "head_codes": codes[None].long()}
 
     def response(self, llm_engine, prompt, label, images, observation, actions, pixels, reward, logs: dict, **extra):
         """The executor's answer to OpenRLHF: the observation tokens, the (start, end) action ranges in them (what the

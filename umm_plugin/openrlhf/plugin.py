@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from umm_plugin.algos.flow_grpo import ETA_FORMS
 from umm_plugin.algos.grpo import group_advantages
 from umm_plugin.algos.r3 import segment_advantages
 from umm_plugin.algos.srum import dense_group_advantages
@@ -56,6 +57,23 @@ class GvUConfig:
     threads: int = field(
         default=0, metadata={"help": "torch threads in every Ray worker (0 = Ray's default: one per requested CPU)."}
     )
+    head_rl: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the diffusion head too (Flow-GRPO, one SDE step per image; executors that render with "
+            "it, R3's, return the step; patches/0008)."
+        },
+    )
+    head_lr: float = field(default=1e-4, metadata={"help": "The head's own AdamW learning rate."})
+    head_weight: float = field(default=2.0, metadata={"help": "The head loss's weight in the actor loss (R3: 2.0)."})
+    head_kl: float = field(default=0.001, metadata={"help": "Beta of R3's image KL to the starting head (R3: 0.001)."})
+    head_clip: float = field(default=0.2, metadata={"help": "PPO clip range of the head's log-prob ratio (R3: 0.2)."})
+    head_eta_form: str = field(
+        default="r3", metadata={"help": "SDE noise level eta(t): r3 (monotonic, capped at t 0.95) or flow_grpo."}
+    )
+    head_steps: int = field(
+        default=4, metadata={"help": "Denoising steps of a head render; the SDE step is one of the first steps - 1."}
+    )
 
     def __post_init__(self):
         if self.judge not in JUDGES:
@@ -64,6 +82,13 @@ class GvUConfig:
             raise ValueError(f"--umm.eps {self.eps} must be positive")
         if not 0 <= self.min_p < 1:
             raise ValueError(f"--umm.min_p {self.min_p} must be in [0, 1)")
+        if self.head_eta_form not in ETA_FORMS:
+            raise ValueError(f"--umm.head_eta_form {self.head_eta_form!r}: use one of {', '.join(ETA_FORMS)}")
+        if self.head_steps < 2 or min(self.head_lr, self.head_weight, self.head_clip) <= 0 or self.head_kl < 0:
+            raise ValueError(
+                "--umm.head_steps must be at least 2 (the last step is never the SDE one), --umm.head_lr, "
+                "head_weight and head_clip positive, --umm.head_kl not negative"
+            )
         for name in ("top_k", "eval_steps", "eval_n", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--umm.{name} {getattr(self, name)} must not be negative")
@@ -148,6 +173,12 @@ def register(parser=None):
     if parser is None:  # a Ray worker: Ray pins workers to one thread unless told otherwise
         if umm_config().threads:
             torch.set_num_threads(umm_config().threads)
+        if umm_config().head_rl:
+            from openrlhf.trainer.ray.ppo_actor import register_actor_extension
+
+            from umm_plugin.openrlhf.head_policy import NAME, HeadPolicy
+
+            register_actor_extension(NAME, HeadPolicy)
         return None
     for prefix, cls in (("umm", GvUConfig), ("srum", SRUMConfig), ("r3", R3Config)):
         for f in dataclasses.fields(cls):

@@ -17,7 +17,9 @@ the scalar reward is V (V_prev for a member that stopped). `r3_stage` turns them
 
 Judges (`--r3.judge`): `self` asks the model (the engine's current weights, or the LoRA-free ones with `--umm.judge
 reference`) for its greedy caption and, for a relation, its yes/no; `evaluator` is ShapesWorld's exact checker;
-`openai` any OpenAI-compatible VLM. V is judged on the codebook render of the tokens (the head reproduces it).
+`openai` any OpenAI-compatible VLM. V is judged on the codebook render of the tokens (the head reproduces it), or
+with `--umm.head_rl` on the diffusion head's render with Flow-GRPO's one SDE step, the image the head is trained on
+(`executor.render`, `head_policy.py`).
 """
 
 import asyncio
@@ -90,7 +92,7 @@ class AgentExecutor(UMMExecutor):
         ids = ctx + plan + umm.after_plan(plan)  # a `<SOM>` the model wrote stays part of its plan action
         tokens = await self.generate_codes(llm_engine, sampling_params, ids)
         codes = torch.tensor(tokens) - lay.image_offset
-        pixels = umm.vq.decode(codes[None])[0]
+        pixels, head = self.render(llm_engine, sampling_params, codes)
         v = await self.judge(llm_engine, sampling_params, prompt, codes, pixels)
         f = format_reward(" ".join(tok.convert_ids_to_tokens([t for t in plan if t != som])))
         r = float(stage1_rewards(torch.tensor(v), torch.tensor(f), self.r3.w))
@@ -104,9 +106,8 @@ class AgentExecutor(UMMExecutor):
         token_rewards = [0.0] * len(observation)
         token_rewards[len(ctx) : len(ctx) + len(plan)] = [r] * len(plan)
         logs = {"r3_stage": 1.0, "r3_v": v, "r3_format": f, "r3_text_reward": r, "r3_plan_tokens": float(len(plan))}
-        return self.response(
-            llm_engine, prompt, label, images, observation, actions, pixels, v, logs, token_rewards=token_rewards
-        )
+        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head_rl)
+        return self.response(llm_engine, prompt, label, images, observation, actions, pixels, v, logs, **extra)
 
     async def reflect_and_refine(self, root, label, sampling_params, llm_engine, images):
         umm = self.model(llm_engine)
@@ -119,6 +120,7 @@ class AgentExecutor(UMMExecutor):
         f, stopped = format_reward(text), is_no_edit(text)
         observation = ctx + answer
         actions = [(len(ctx), len(observation))]
+        head = None
         if stopped:  # the image is kept: V_new = V_prev, no image action
             v_new, pixels = v_prev, umm.vq.decode(codes[None])[0]
         else:
@@ -128,7 +130,7 @@ class AgentExecutor(UMMExecutor):
             ids = observation + end + umm.refine_turn(instruction)
             tokens = await self.generate_codes(llm_engine, sampling_params, ids)
             new = torch.tensor(tokens) - lay.image_offset
-            pixels = umm.vq.decode(new[None])[0]
+            pixels, head = self.render(llm_engine, sampling_params, new, edit=True)
             v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels)
             actions.append((len(ids), len(ids) + len(tokens)))
             observation = ids + tokens
@@ -146,9 +148,8 @@ class AgentExecutor(UMMExecutor):
             "r3_correction": float(c[0]),
             "r3_root_importance": root["importance"],
         }
-        return self.response(
-            llm_engine, prompt, label, images, observation, actions, pixels, v_new, logs, token_rewards=token_rewards
-        )
+        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head_rl)
+        return self.response(llm_engine, prompt, label, images, observation, actions, pixels, v_new, logs, **extra)
 
     def evaluate(self, model, log_dir, step, temperature, top_k, min_p) -> dict:
         """The engine's evaluation hook: R3 at inference on held-out prompts (`eval.r3_rounds`), rounds grid saved."""
@@ -164,7 +165,10 @@ class AgentExecutor(UMMExecutor):
         return out | {"r3_stopped": r["stopped"], "r3_plan_format": r["plan_format"]}
 
     async def judge(self, llm_engine, sampling_params, prompt, codes, pixels) -> float:
-        """V in [0, 1] for an image of `prompt`; never a silent 0 (an unreachable openai judge is an error)."""
+        """V in [0, 1] for an image of `prompt`; never a silent 0 (an unreachable openai judge is an error). With
+        --umm.head_rl the image is the head's render, which the self judge sees re-tokenized."""
+        if self.cfg.head_rl:
+            codes = self.model(llm_engine).vq.encode(pixels[None])[0]
         if self.r3.judge == "openai":
             v = await asyncio.to_thread(self.openai.score, prompt, pixels)
         elif self.r3.judge == "evaluator":
