@@ -64,6 +64,19 @@ def test_judge_answers_and_counting_drills_are_the_worlds_truth(vq):
     assert np.mean(right) >= 0.97 and {1, 2, 3, 4, 5, 6} <= counts
 
 
+def test_scene_drills_list_what_is_drawn(vq):
+    model = UMM.build(WORDS, vq, hidden=32, layers=1)
+    batcher = Batcher(model, PretrainConfig(out="x"), np.random.default_rng(0))
+    right, counts, shapes = [], set(), set()
+    for _ in range(200):
+        codes, _, answer = _split(model, *batcher.scene_drill())
+        objects = detect(vq.decode(codes[None])[0]).objects
+        right.append(caption_correct(" ".join(answer), objects))
+        counts.add(len(objects))
+        shapes.add(len({o.shape for o in objects}))
+    assert np.mean(right) >= 0.97 and {1, 2, 3, 4, 5, 6} <= counts and 3 in shapes  # mixed shapes, up to six
+
+
 def test_plan_names_every_object_in_reading_order():
     rng = np.random.default_rng(0)
     meta = make_prompts(1, "train", 0, tags=("position_count",))[0]
