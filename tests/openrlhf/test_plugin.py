@@ -53,6 +53,8 @@ def test_bad_umm_flags_are_one_line_errors(pretrained_dir, tmp_path):
     assert run.returncode == 2 and "--umm.include_eos: invalid true_or_false value: 'maybe'" in run.stderr
     run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(tmp_path / "nowhere"))
     assert run.returncode == 2 and "no such model directory" in run.stderr.splitlines()[-1]
+    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.head_rl", "true")
+    assert run.returncode == 2 and "--umm.head_rl needs --rollout.engine umm_plugin" in run.stderr.splitlines()[-1]
 
 
 def test_bad_srum_flags_are_one_line_errors(pretrained_dir, tmp_path):

@@ -152,6 +152,9 @@ def check(parser, args) -> None:
         R3Config(**vars(args.r3))
         if cfg.judge == "reference" and args.ds.lora.rank <= 0:
             raise ValueError("--umm.judge reference needs LoRA (--ds.lora.rank > 0): the reference is LoRA off")
+        if cfg.head_rl and args.rollout.engine != "umm_plugin.openrlhf.engine:create_engines":
+            # vLLM serves the backbone only: the head's weights would have nowhere to go at a sync.
+            raise ValueError("--umm.head_rl needs --rollout.engine umm_plugin.openrlhf.engine:create_engines")
         model_dir = Path(args.actor.model_name_or_path or "")
         if (model_dir / "umm_config.json").is_file():
             UMM.from_pretrained(model_dir)
