@@ -153,6 +153,9 @@ class Batcher:
     def row(self, context, answer):
         return context + answer, [0] * len(context) + [1] * len(answer)
 
+    def caption_row(self, codes, text):
+        return self.row(self.m.chat(codes, DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
+
     def generation(self):
         meta = self.meta()
         prompt = "" if self.rng.random() < 0.1 else meta["prompt"]
@@ -183,7 +186,7 @@ class Batcher:
             text = meta["prompt"]
         else:
             text = describe(objects, n_fragments, colors=self.rng.random() < 0.5)
-        return self.row(self.m.chat(codes, DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
+        return self.caption_row(codes, text)
 
     def count_drill(self):
         """1-8 objects of one shape, one colour or mixed, captioned truthfully (half the time without colours)."""
@@ -196,7 +199,7 @@ class Batcher:
         while objects is None:  # crowded layouts may not fit: one object fewer until they do
             objects, specs = place(specs, self.rng, tries=20), specs[:-1]
         text = describe(objects, colors=self.rng.random() < 0.5)
-        return self.row(self.m.chat(self.codes(objects), DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
+        return self.caption_row(self.codes(objects), text)
 
     def scene_drill(self):
         """1-6 objects of random shape, colour and size, listed truthfully: a weak generator's own samples hold 3-6
@@ -209,7 +212,7 @@ class Batcher:
         fragments = free_fragments(objects, self.rng, int(self.rng.integers(1, 3))) if self.rng.random() < 0.2 else []
         text = describe(objects, len(fragments), colors=self.rng.random() < 0.5)
         codes = self.codes(objects, fragments)
-        return self.row(self.m.chat(codes, DESCRIBE), self.m.ids(text) + [self.m.tokenizer.eos_token_id])
+        return self.caption_row(codes, text)
 
     def judge(self):
         """'is this <prompt> ?' -> yes / no, answered by the world's own check. Half the scenes fit the prompt, half

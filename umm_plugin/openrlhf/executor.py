@@ -62,9 +62,8 @@ class UMMExecutor(AgentExecutorBase):
         key = (id(sampling_params), edit)
         if key not in self.draws:
             size = head.config.grid * head.config.patch
-            t_index, noise = shared_group_draws(
-                1, 1, (3, size, size), 0, min(steps - 2, 1 if edit else steps), self.generator
-            )
+            high = min(1, steps - 2) if edit else steps - 2  # R3's windows; never the last step
+            t_index, noise = shared_group_draws(1, 1, (3, size, size), 0, high, self.generator)
             self.draws[key] = (sampling_params, t_index, noise)
         _, t_index, noise = self.draws[key]
         a = R3_A["editing" if edit else "generation"]
@@ -79,7 +78,8 @@ class UMMExecutor(AgentExecutorBase):
             self.generator,
         )
         record = {"head_x_t": x_t, "head_x_next": x_next, "head_t_index": t_index, "head_a": torch.tensor([a])}
-        return from_pixels(x0)[0], record | {"head_logp": logp, "head_codes": codes[None].long()}
+        record.update(head_logp=logp, head_codes=codes[None].long())
+        return from_pixels(x0)[0], record
 
     def response(self, llm_engine, prompt, label, images, observation, actions, pixels, reward, logs: dict, **extra):
         """The executor's answer to OpenRLHF: the observation tokens, the (start, end) action ranges in them (what the
