@@ -52,4 +52,4 @@ else
   PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=400
 fi
 source recipes/ppo_cpu.sh
-ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer caption "$@"
+ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer caption --srum.assign true --srum.local_min true "$@"

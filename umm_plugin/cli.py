@@ -62,6 +62,7 @@ def build_parser():
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--cfg-scale", type=float, default=1.0, help="Classifier-free guidance (1 = off).")
     gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0, help="Image-token min-p (0 = off; GvU rollouts use 0.03).")
 
     ev = sub.add_parser("eval", help="GenEval-style generation / understanding table on held-out prompts.")
     ev.add_argument("--model", required=True, help="Model directory.")
@@ -139,7 +140,9 @@ def run(args) -> None:
 
         parse_prompt(args.prompt)  # ShapesWorld prompts: a clear error before any model work
         model = UMM.from_pretrained(args.model)
-        _, images = generate_images(model, [args.prompt] * args.n, args.cfg_scale, args.temperature, args.seed)
+        _, images = generate_images(
+            model, [args.prompt] * args.n, args.cfg_scale, args.temperature, args.seed, min_p=args.min_p
+        )
         save_grid(images, args.prompt, args.out)
         print(f"wrote {args.out} ({args.n} images)")
     elif args.cmd == "srum":

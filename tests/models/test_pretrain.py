@@ -87,7 +87,15 @@ def test_plan_names_every_object_in_reading_order():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"gap": "huge"}, {"steps": 0}, {"r3_share": 0.9}, {"own_share": 1.5}, {"judge_share": 0.7}]
+    "bad",
+    [
+        {"gap": "huge"},
+        {"steps": 0},
+        {"r3_share": 0.9},
+        {"own_share": 1.5},
+        {"judge_share": 0.7},
+        {"count_share": 0.9},
+    ],
 )
 def test_config_checks(bad):
     with pytest.raises(ValueError):

@@ -1,10 +1,12 @@
 from dataclasses import replace
+from itertools import product
 
 import numpy as np
 import pytest
 
 from umm_plugin.worlds.evaluator import check, detect, evaluate
 from umm_plugin.worlds.grammar import (
+    MIRROR,
     TAGS,
     PromptError,
     _structures,
@@ -103,8 +105,8 @@ def test_captions_of_imperfect_images_are_truthful(kind):
     for meta in make_prompts(60, "train", 2):
         objs, frags = perturb(sample_scene(meta, rng), rng, kind)
         parse = detect(render(objs, fragments=frags))
-        for colors in (True, False):
-            caption = describe(parse.objects, parse.fragments, colors=colors)
+        for colors, relate, flip in product((True, False), repeat=3):
+            caption = describe(parse.objects, parse.fragments, colors, relate, flip)
             assert check(parse_prompt(caption).meta(), parse.objects)[0], caption
             assert ("with noise" in caption) == (len(frags) > 0)
             assert any(c in caption for c in COLOR_NAMES) == (colors and bool(parse.objects))
@@ -139,6 +141,20 @@ def test_prompt_files_round_trip_and_errors_name_file_and_line(tmp_path):
         path.write_text("\n".join([lines[0], bad, lines[2]]) + "\n")
         with pytest.raises(PromptError, match=msg):
             load_prompts(path)
+
+
+def test_relational_captions_say_where_position_scenes_put_things():
+    rng, two_groups = np.random.default_rng(4), 0
+    for meta in make_prompts(200, "train", 4, tags=("position", "position_count")):
+        objs = sample_scene(meta, rng)
+        for flip in (False, True):
+            caption = parse_prompt(describe(objs, relate=True, flip=flip))
+            assert check(caption.meta(), objs)[0]
+            if len(caption.groups) == 2:  # a position scene's two groups always stand in a clear relation
+                two_groups += 1
+                assert not check(replace(caption, relation=MIRROR[caption.relation]).meta(), objs)[0]
+    assert two_groups >= 200  # the rest are three or more colour groups (e.g. "two circles" of two colours)
+    assert parse_prompt(describe(objs)).relation is None  # only when asked
 
 
 def test_describe_refuses_counts_the_grammar_cannot_say():

@@ -50,7 +50,7 @@ class PretrainConfig:
     out: str = field(metadata={"help": "Directory the model is saved to (HF format)."})
     gap: str = field(default="weak", metadata={"help": "weak: understanding well ahead of generation; regular."})
     seed: int = field(default=0, metadata={"help": "Seeds the world, the initialisation and the batches."})
-    steps: int = field(default=1000, metadata={"help": "Backbone optimisation steps."})
+    steps: int = field(default=900, metadata={"help": "Backbone optimisation steps."})
     batch_size: int = field(default=64, metadata={"help": "Sequences per step."})
     lr: float = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW, linear warm-up, cosine decay)."})
     hidden: int = field(default=128, metadata={"help": "Backbone hidden size (Qwen2)."})
@@ -168,7 +168,8 @@ class Batcher:
 
     def caption(self, imperfect: bool):
         """A clean scene is captioned by its prompt half the time, else (like imperfect images) by a full listing of
-        what is there, with or without colours: the colour-free listing is what teaches counting of any scene."""
+        what is there, with or without colours (the colour-free listing is what teaches counting of any scene), and for
+        two groups half the time with where one is relative to the other."""
         u = self.rng.random()
         if u < self.cfg.count_share:
             return self.count_drill()
@@ -185,7 +186,8 @@ class Batcher:
         if not imperfect and self.rng.random() < 0.5:
             text = meta["prompt"]
         else:
-            text = describe(objects, n_fragments, colors=self.rng.random() < 0.5)
+            colors, relate, flip = self.rng.random(3) < 0.5  # half with colours, half stating a relation
+            text = describe(objects, n_fragments, colors, relate, flip)
         return self.caption_row(codes, text)
 
     def count_drill(self):
@@ -210,7 +212,8 @@ class Batcher:
         while objects is None:
             objects, specs = place(specs, self.rng, tries=20), specs[:-1]
         fragments = free_fragments(objects, self.rng, int(self.rng.integers(1, 3))) if self.rng.random() < 0.2 else []
-        text = describe(objects, len(fragments), colors=self.rng.random() < 0.5)
+        colors, relate, flip = self.rng.random(3) < 0.5
+        text = describe(objects, len(fragments), colors, relate, flip)
         codes = self.codes(objects, fragments)
         return self.caption_row(codes, text)
 

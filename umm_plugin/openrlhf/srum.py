@@ -42,6 +42,13 @@ class SRUMConfig:
     local_min: bool = field(
         default=False, metadata={"help": "Let a bad region fall below 0.5 (authors: max(0.5, score), false)."}
     )
+    assign: bool = field(
+        default=False,
+        metadata={
+            "help": "Each prompt object claims at most its count of regions, best first; leftovers score -1 "
+            "(authors: every region scores its best match, false)."
+        },
+    )
     lam: float = field(default=0.5, metadata={"help": "Weight of the unweighted reference term (authors: 0.5)."})
     per: str = field(
         default="position",
@@ -98,7 +105,7 @@ def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, min_p: flo
     from umm_plugin.rewards.srum import reward_map, self_judge
 
     codes, images = generate_images(model, prompts, seed=int(torch.randint(1 << 30, (1,), generator=gen)), min_p=min_p)
-    boxes, local, g = self_judge(model, images, prompts, cfg.k, cfg.scorer)
+    boxes, local, g = self_judge(model, images, prompts, cfg.k, cfg.scorer, assign=cfg.assign)
     size = images.shape[1]
     maps = torch.stack([reward_map(b, s, gi, size, cfg.local_min) for b, s, gi in zip(boxes, local, g.tolist())])
     return {"prompts": prompts, "codes": codes, "images": images, "maps": maps, "global": g, "boxes": boxes}

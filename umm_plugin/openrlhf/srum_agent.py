@@ -21,7 +21,15 @@ from umm_plugin.models.diffusion_head import render_codes
 from umm_plugin.models.umm import DESCRIBE
 from umm_plugin.openrlhf.executor import UMMExecutor
 from umm_plugin.openrlhf.plugin import srum_config
-from umm_plugin.rewards.srum import NO, QUESTION, YES, collect_scores, judge_questions, reward_map
+from umm_plugin.rewards.srum import (
+    NO,
+    QUESTION,
+    YES,
+    collect_scores,
+    judge_questions,
+    object_counts,
+    reward_map,
+)
 
 
 class AgentExecutor(UMMExecutor):
@@ -70,7 +78,7 @@ class AgentExecutor(UMMExecutor):
         values = await self.judge(llm_engine, sampling_params, q_codes, questions)
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
-        local, g = collect_scores(boxes, owners, values)
+        local, g = collect_scores(boxes, owners, values, [object_counts(prompt)] if self.srum.assign else None)
         m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min)
         cells = pool_to_grid(m[None], lay.grid)[0]
 
