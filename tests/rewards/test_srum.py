@@ -88,7 +88,7 @@ def test_prompt_objects_name_each_distinct_object_once():
 
 def test_assigned_regions_claim_no_more_copies_than_the_prompt_asks_for():
     prompt = "a photo of a red circle and two blue squares"
-    assert object_counts(prompt) == [1, 2]
+    assert object_counts(prompt) == {"a photo of a red circle": 1, "a photo of a blue square": 2}
     # four regions, each asked against (red circle, blue square); the global answer is 0.1
     scores = {0: (0.9, -0.2), 1: (0.8, 0.3), 2: (-0.5, 0.7), 3: (0.6, 0.65)}
     owners, values = [(0, -1, -1)], [0.1]
@@ -99,7 +99,7 @@ def test_assigned_regions_claim_no_more_copies_than_the_prompt_asks_for():
     boxes = [[(0, 0, 1, 1)] * 4]
     best, g = collect_scores(boxes, owners, values)
     torch.testing.assert_close(best[0], torch.tensor([0.9, 0.8, 0.7, 0.65]))  # the authors': every best match
-    assigned, g2 = collect_scores(boxes, owners, values, [object_counts(prompt)])
+    assigned, g2 = collect_scores(boxes, owners, values, [list(object_counts(prompt).values())])
     # .9 takes the circle (region 0); .8 wants the circle too, which is taken; .7 and .65 take both squares; region
     # 1's square answer (.3) comes after both squares are gone, so it is left over: -1
     torch.testing.assert_close(assigned[0], torch.tensor([0.9, -1.0, 0.7, 0.65]))

@@ -78,7 +78,8 @@ class AgentExecutor(UMMExecutor):
         values = await self.judge(llm_engine, sampling_params, q_codes, questions)
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
-        local, g = collect_scores(boxes, owners, values, [object_counts(prompt)] if self.srum.assign else None)
+        capacity = [list(object_counts(prompt).values())] if self.srum.assign else None
+        local, g = collect_scores(boxes, owners, values, capacity)
         m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min)
         cells = pool_to_grid(m[None], lay.grid)[0]
 

@@ -76,18 +76,18 @@ def reward_map(boxes: list[Box], local: torch.Tensor, g: float, size: int, local
     return m * (g + 1) / 2
 
 
+def object_counts(prompt: str) -> dict[str, int]:
+    """Each distinct object the prompt asks for, as a single-object prompt, with how many it asks for ("two red
+    circles" -> {"a photo of a red circle": 2}): what a region is compared with, and how many regions may claim it."""
+    counts: dict[str, int] = {}
+    for g in parse_prompt(prompt).groups:
+        text = Structure((Group(1, g.shape, g.color, g.size),)).text()
+        counts[text] = counts.get(text, 0) + g.count
+    return counts
+
+
 def prompt_objects(prompt: str) -> list[str]:
-    """One single-object prompt per distinct object the prompt asks for ("two red circles" -> "a photo of a red
-    circle"): what a region is compared with."""
-    groups = parse_prompt(prompt).groups
-    return list(dict.fromkeys(Structure((Group(1, g.shape, g.color, g.size),)).text() for g in groups))
-
-
-def object_counts(prompt: str) -> list[int]:
-    """How many of each `prompt_objects` entry the prompt asks for, in the same order."""
-    groups = parse_prompt(prompt).groups
-    texts = [Structure((Group(1, g.shape, g.color, g.size),)).text() for g in groups]
-    return [sum(g.count for g, t in zip(groups, texts) if t == o) for o in prompt_objects(prompt)]
+    return list(object_counts(prompt))
 
 
 def cut(image: np.ndarray, box: Box) -> np.ndarray:
@@ -216,7 +216,7 @@ def self_judge(
         raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
     boxes, codes, questions, owners = judge_questions(model, images, prompts, k, proposer)
     score = SCORERS[scorer]
-    capacity = [object_counts(p) for p in prompts] if assign else None
+    capacity = [list(object_counts(p).values()) for p in prompts] if assign else None
     local, glob = collect_scores(boxes, owners, score(model, codes, questions).tolist(), capacity)
     return boxes, local, glob
 
