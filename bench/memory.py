@@ -47,14 +47,13 @@ def run(path, variant, batch):
     judge = copy.deepcopy(engine.umm.backbone.get_base_model()) if variant == "naive" else None
     prompt = "a photo of two red circles"
     image = SamplingParams(
-        max_tokens=lay.grid**2, allowed_token_ids=list(range(lay.image_offset, lay.image_offset + lay.num_codes))
+        max_tokens=lay.length,
+        allowed_token_ids=list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol],
     )
 
     async def step():
         outs = await asyncio.gather(*[engine.generate(umm.generation_prompt(prompt), image) for _ in range(batch)])
-        seqs = [
-            umm.chat(torch.tensor(o.outputs[0].token_ids) - lay.image_offset, DESCRIBE) + umm.ids(prompt) for o in outs
-        ]
+        seqs = [umm.chat(lay.codes(o.outputs[0].token_ids), DESCRIBE) + umm.ids(prompt) for o in outs]
         if variant == "naive":
             with torch.no_grad():
                 judge(torch.tensor(seqs))

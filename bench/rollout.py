@@ -1,6 +1,7 @@
 """Image-token rollout throughput: our KV-cache generator vs Hugging Face `generate` on the same model and batch.
 
-Both sample grid*grid image tokens per prompt with logits restricted to the image vocabulary. CFG on: ours runs the
+Both sample grid*grid image codes per prompt with logits restricted to the image vocabulary, each row ended by a
+given <EOL> (ours feeds it; HF forces it with a logits processor, the way a vLLM one would). CFG on: ours runs the
 unconditional prompts as extra rows of the same batch; HF runs its UnbatchedClassifierFreeGuidanceLogitsProcessor
 (a second model call per step). Prints tokens/s and the ratio ours/HF, measured in one run (best of --repeats).
 
@@ -22,13 +23,20 @@ from umm_plugin.worlds.grammar import WORDS, make_prompts, sample_scene
 from umm_plugin.worlds.scene import render
 
 
-class ImageVocabOnly(LogitsProcessor):
-    def __init__(self, lo, hi):
-        self.lo, self.hi = lo, hi
+class ImageRows(LogitsProcessor):
+    """Codes only, except at each row end, where only <EOL> may follow."""
+
+    def __init__(self, layout, prompt_len):
+        self.lay, self.start = layout, prompt_len
 
     def __call__(self, input_ids, scores):
-        out = torch.full_like(scores, float("-inf"))
-        out[:, self.lo : self.hi] = scores[:, self.lo : self.hi]
+        lay, out = self.lay, torch.full_like(scores, float("-inf"))
+        if (input_ids.shape[1] - self.start + 1) % (lay.grid + 1) == 0:
+            out[:, lay.eol] = 0
+        else:
+            out[:, lay.image_offset : lay.image_offset + lay.num_codes] = scores[
+                :, lay.image_offset : lay.image_offset + lay.num_codes
+            ]
         return out
 
 
@@ -63,11 +71,11 @@ def main():
     uncond = [model.generation_prompt("")] * len(rows)
     ids, mask = left_pad(rows, model.tokenizer.pad_token_id)
     uids, umask = left_pad(uncond, model.tokenizer.pad_token_id)
-    n_tok = len(rows) * lay.grid**2
-    mask_proc = LogitsProcessorList([ImageVocabOnly(lay.image_offset, lay.image_offset + lay.num_codes)])
+    n_tok = len(rows) * lay.length
+    mask_proc = LogitsProcessorList([ImageRows(lay, ids.shape[1])])
 
     print(
-        f"batch {len(rows)} x {lay.grid**2} image tokens, backbone "
+        f"batch {len(rows)} x {lay.length} image tokens (rows ended by <EOL>), backbone "
         f"{sum(p.numel() for p in bb.parameters()) / 1e6:.2f}M params, {torch.get_num_threads()} threads"
     )
     print(f"{'cfg':<6}{'ours tok/s':>12}{'HF tok/s':>12}{'ours/HF':>9}")
@@ -84,8 +92,8 @@ def main():
                 bb.generate(
                     input_ids=ids,
                     attention_mask=mask,
-                    max_new_tokens=lay.grid**2,
-                    min_new_tokens=lay.grid**2,
+                    max_new_tokens=lay.length - 1,  # ours stops after the last code too
+                    min_new_tokens=lay.length - 1,
                     do_sample=True,
                     top_k=0,
                     logits_processor=mask_proc,

@@ -12,7 +12,6 @@ def no_cache_reference(model, prompts, cfg_scale=1.0):
     lay = model.layout
     cond = [model.generation_prompt(p) for p in prompts]
     uncond = [model.generation_prompt("") for _ in prompts]
-    out = [[] for _ in prompts]
 
     def last_logits(rows):
         ids, mask = left_pad(rows, model.tokenizer.pad_token_id)
@@ -20,14 +19,19 @@ def no_cache_reference(model, prompts, cfg_scale=1.0):
         logits = model.backbone(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
         return logits[:, lay.image_offset : lay.image_offset + lay.num_codes]
 
-    for _ in range(lay.grid**2):
-        logits = last_logits([c + [lay.image_offset + t for t in o] for c, o in zip(cond, out)])
+    seqs = [[] for _ in prompts]  # image tokens so far, <EOL>s included
+    while len(seqs[0]) < lay.length - 1:
+        if len(seqs[0]) % (lay.grid + 1) == lay.grid:  # a full row: its <EOL> is given, not sampled
+            for s in seqs:
+                s.append(lay.eol)
+            continue
+        logits = last_logits([c + s for c, s in zip(cond, seqs)])
         if cfg_scale != 1.0:
-            u = last_logits([c + [lay.image_offset + t for t in o] for c, o in zip(uncond, out)])
+            u = last_logits([c + s for c, s in zip(uncond, seqs)])
             logits = u + cfg_scale * (logits - u)
-        for o, t in zip(out, logits.argmax(-1).tolist()):
-            o.append(t)
-    return torch.tensor(out)
+        for s, t in zip(seqs, logits.argmax(-1).tolist()):
+            s.append(lay.image_offset + t)
+    return torch.stack([lay.codes(s + [lay.eol]) for s in seqs])
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])

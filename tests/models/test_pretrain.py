@@ -2,9 +2,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from umm_plugin.eval import caption_correct
-from umm_plugin.models.pretrain import NO_EDIT, Batcher, PretrainConfig, edit_pair, plan_text
+from umm_plugin.models.pretrain import NO_EDIT, Batcher, PretrainConfig, edit_pair, lm_loss, micro_batches, plan_text
 from umm_plugin.models.umm import UMM
 from umm_plugin.worlds.evaluator import check, detect, evaluate
 from umm_plugin.worlds.grammar import WORDS, make_prompts, parse_prompt, sample_scene
@@ -37,7 +38,7 @@ def _split(model, ids, mask):
     """(image codes, question words, answer words) of a one-image training row."""
     toks = model.tokenizer.convert_ids_to_tokens(ids)
     start, end = toks.index("<IMAGE>") + 1, toks.index("<EOM>")
-    codes = np.array(ids[start:end]) - model.layout.image_offset
+    codes = model.layout.codes(ids[start:end]).numpy()
     question = toks[end + 1 : toks.index("<assistant>")]
     answer = [t for t, m in zip(toks, mask) if m and t != "<eos>"]
     return codes, question, answer
@@ -75,6 +76,19 @@ def test_scene_drills_list_what_is_drawn(vq):
         counts.add(len(objects))
         shapes.add(len({o.shape for o in objects}))
     assert np.mean(right) >= 0.97 and {1, 2, 3, 4, 5, 6} <= counts and 3 in shapes  # mixed shapes, up to six
+
+
+def test_micro_batches_split_by_padded_tokens_and_keep_the_batch_loss(vq):
+    model = UMM.build(WORDS, vq, hidden=32, layers=1)
+    batcher = Batcher(model, PretrainConfig(out="x"), np.random.default_rng(0))
+    rows = sorted(batcher.batch(), key=lambda r: len(r[0]))
+    parts = micro_batches(rows, budget=800)
+    assert [r for p in parts for r in p] == rows and len(parts) > 2
+    assert all(len(p) == 1 or len(p[-1][0]) * len(p) <= 800 for p in parts)
+    with torch.no_grad():
+        whole = lm_loss(model.backbone, rows)
+        split = sum(lm_loss(model.backbone, p) * len(p) / len(rows) for p in parts)
+    assert abs(whole.item() - split.item()) < 1e-5
 
 
 def test_plan_names_every_object_in_reading_order():

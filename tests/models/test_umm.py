@@ -25,11 +25,27 @@ def test_save_load_is_one_hf_directory_with_a_stock_qwen2_backbone(tiny_umm, tmp
     assert again.layout == m.layout
 
 
-def test_image_layout_follows_x_omni(tiny_umm):
-    m = tiny_umm
-    seq = m.layout.wrap(torch.tensor([0, 5]))
-    toks = m.tokenizer.convert_ids_to_tokens(seq)
-    assert toks == ["<SOM>", "8", "8", "<IMAGE>", "<img_0>", "<img_5>", "<EOM>"]
+def test_image_layout_follows_x_omni_with_a_row_end_token(tiny_umm):
+    lay = tiny_umm.layout
+    codes = torch.arange(64) * 3 % lay.num_codes
+    toks = tiny_umm.tokenizer.convert_ids_to_tokens(lay.wrap(codes))
+    assert toks[:4] == ["<SOM>", "8", "8", "<IMAGE>"] and toks[-1] == "<EOM>" and len(toks) == 4 + 72 + 1
+    rows = [toks[4 + 9 * r : 4 + 9 * (r + 1)] for r in range(8)]
+    assert rows[1] == [f"<img_{int(c)}>" for c in codes[8:16]] + ["<EOL>"]
+    assert all(r[-1] == "<EOL>" and "<EOL>" not in r[:-1] for r in rows)
+    assert torch.equal(lay.codes(lay.tokens(codes)), codes)
+    assert lay.spread(range(64), -1)[7:10] == [7, -1, 8] and len(lay.spread(range(64))) == lay.length
+
+    bad = lay.tokens(codes)
+    bad[3], bad[8] = bad[8], bad[3]  # a row end out of place
+    with pytest.raises(ModelError, match="8 rows of 8 codes each ended by <EOL>"):
+        lay.codes(bad)
+    with pytest.raises(ModelError, match="got 71 tokens"):
+        lay.codes(lay.tokens(codes)[:-1])
+    text = lay.tokens(codes)
+    text[0] = tiny_umm.tokenizer.eos_token_id
+    with pytest.raises(ModelError, match="outside the image vocabulary"):
+        lay.codes(text)
 
 
 def test_unknown_words_and_empty_prompts_are_errors_not_unk(tiny_umm):
@@ -49,6 +65,6 @@ def test_missing_and_corrupt_directories_are_named(tiny_umm, tmp_path):
     (tmp_path / "umm_config.json").write_text("{")
     with pytest.raises(ModelError, match="umm_config.json is not valid JSON"):
         UMM.from_pretrained(tmp_path)
-    (tmp_path / "umm_config.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ModelError, match="format"):
+    (tmp_path / "umm_config.json").write_text(json.dumps({"format": "umm-plugin/1"}))
+    with pytest.raises(ModelError, match="format 'umm-plugin/1'.*pretrain it again"):
         UMM.from_pretrained(tmp_path)

@@ -21,8 +21,8 @@ def _image_params(umm, temperature=0.0):
     lay = umm.layout
     return SamplingParams(
         temperature=temperature,
-        max_tokens=lay.grid**2,
-        allowed_token_ids=list(range(lay.image_offset, lay.image_offset + lay.num_codes)),
+        max_tokens=lay.length,
+        allowed_token_ids=list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol],
     )
 
 
@@ -56,7 +56,7 @@ def test_concurrent_requests_are_batched_and_match_the_direct_calls(pretrained_d
     # greedy image tokens: the same as one direct batched call of the KV-cache generator
     direct = generate_image_tokens(umm.backbone, umm.layout, gen_ids, temperature=0.0, pad_id=0)
     for out, row in zip(outs[:3], direct):
-        assert out.outputs[0].token_ids == (row + umm.layout.image_offset).tolist()
+        assert out.outputs[0].token_ids == umm.layout.tokens(row)
     # prompt_logprobs over the target positions: the one-pass continuation log-probs
     ref, mask = continuation_logprobs(umm.backbone, contexts, targets, pad_id=umm.tokenizer.pad_token_id)
     for out, c, t, r, m in zip(outs[3:], contexts, targets, ref, mask):
@@ -101,9 +101,9 @@ def test_gvu_executor_reward_equals_the_one_pass_reward(pretrained_dir, umm_flag
     umm = engine.umm
     lay = umm.layout
     n_prompt = len(umm.generation_prompt(PROMPTS[1]))
-    codes = torch.tensor([r["observation_tokens"][n_prompt:] for r in results]) - lay.image_offset
-    assert codes.shape == (4, lay.grid**2) and codes.min() >= 0 and codes.max() < lay.num_codes
-    assert all(r["action_ranges"] == [(n_prompt, n_prompt + lay.grid**2)] for r in results)
+    codes = torch.stack([lay.codes(r["observation_tokens"][n_prompt:]) for r in results])  # checks the rows
+    assert codes.shape == (4, lay.grid**2)
+    assert all(r["action_ranges"] == [(n_prompt, n_prompt + lay.length)] for r in results)
     expected = gvu_reward(umm, codes, [PROMPTS[1]] * 4, include_eos=include_eos)
     got = torch.tensor([r["reward"] for r in results])
     assert torch.allclose(got, expected, atol=1e-5)
@@ -181,12 +181,13 @@ def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monk
     results = asyncio.run(engine.generate_responses(prompt, "position", params, 2048, None, num_samples=3))
     umm = engine.umm
     n_prompt = len(umm.generation_prompt(prompt))
-    codes = torch.tensor([r["observation_tokens"][n_prompt:] for r in results]) - umm.layout.image_offset
+    codes = torch.stack([umm.layout.codes(r["observation_tokens"][n_prompt:]) for r in results])
     images = umm.vq.decode(codes)
     boxes, local, g = self_judge(umm, images, [prompt] * 3, k=3, scorer=scorer)
     maps = torch.stack([reward_map(b, s, gi, 32) for b, s, gi in zip(boxes, local, g.tolist())])
     for r, cells, m in zip(results, pool_to_grid(maps, umm.layout.grid), maps):
         assert r["token_rewards"][:n_prompt] == [0.0] * n_prompt
-        assert torch.allclose(torch.tensor(r["token_rewards"][n_prompt:]), cells, atol=1e-5)
+        want = torch.tensor(umm.layout.spread(cells.tolist()))  # a cell's value on its code, 0 on each <EOL>
+        assert torch.allclose(torch.tensor(r["token_rewards"][n_prompt:]), want, atol=1e-5)
         assert r["reward"] == pytest.approx(m.mean().item(), abs=1e-5)
         assert {"srum_global", "srum_map_mean", "shapes_accuracy"} <= set(r["extra_logs"])

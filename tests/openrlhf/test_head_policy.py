@@ -38,7 +38,7 @@ def rollouts(pretrained_dir):
 def experience(umm, rollouts, advantages):
     """A batch whose actions are 3 text tokens then the image tokens; text tokens get advantage 9 (never used)."""
     lay = umm.layout
-    rows = [[1, 2, 3] + [lay.image_offset + int(c) for c in codes] for codes, _ in rollouts]
+    rows = [[1, 2, 3] + lay.tokens(codes) for codes, _ in rollouts]
     seq = torch.tensor([[0, 0] + r for r in rows])
     n_actions = len(rows[0])
     adv = torch.full((len(rows), n_actions), 9.0)

@@ -39,7 +39,7 @@ def _words(umm, ids):
 
 
 def _image(umm, out, span):
-    codes = torch.tensor(out["observation_tokens"][span[0] : span[1]]) - umm.layout.image_offset
+    codes = umm.layout.codes(out["observation_tokens"][span[0] : span[1]])
     return codes, umm.vq.decode(codes[None])[0]
 
 
@@ -52,7 +52,7 @@ def test_stage1_is_plan_then_image_with_R3s_rewards_and_feeds_the_buffer(pretrai
         obs, (plan, image) = out["observation_tokens"], out["action_ranges"]
         assert obs[: len(ctx)] == ctx and plan[0] == len(ctx) and image[1] == len(obs)
         plan_ids = obs[plan[0] : plan[1]]
-        assert obs[plan[1] : image[0]] == umm.after_plan(plan_ids) and image[1] - image[0] == umm.layout.grid**2
+        assert obs[plan[1] : image[0]] == umm.after_plan(plan_ids) and image[1] - image[0] == umm.layout.length
         codes, pixels = _image(umm, out, image)
         v = checklist_score(meta, detect(pixels).objects)
         f = format_reward(_words(umm, [t for t in plan_ids if t != umm.layout.som]))
@@ -101,7 +101,8 @@ def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_di
         if stopped:
             assert len(actions) == 1 and out["reward"] == root["v"] and actions[0][1] == len(obs)
         else:
-            assert len(actions) == 2 and actions[1][1] == len(obs) and actions[1][1] - actions[1][0] == 64
+            assert len(actions) == 2 and actions[1][1] == len(obs)
+            assert actions[1][1] - actions[1][0] == umm.layout.length
             v_new = checklist_score(parse_prompt(PROMPT).meta(), detect(_image(umm, out, actions[1])[1]).objects)
             assert out["reward"] == pytest.approx(v_new)
         v_new = out["reward"]

@@ -18,7 +18,7 @@ from umm_plugin.worlds.grammar import (
     sample_scene,
     save_prompts,
 )
-from umm_plugin.worlds.scene import CANVAS, COLOR_NAMES, PERTURBATIONS, perturb, render
+from umm_plugin.worlds.scene import CANVAS, COLOR_NAMES, PERTURBATIONS, _overlaps, perturb, place, random_specs, render
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,31 @@ def test_evaluator_scores_zero_on_deliberately_wrong_renders(scenes):
             assert not evaluate(render(wrong), meta)[0], (kind, meta["prompt"])
             n[kind] += 1
     assert min(n.values()) >= 100, n
+
+
+def test_place_keeps_objects_apart_exactly_like_the_box_rule():
+    """The cell-bitmask layout allows exactly the positions that testing each box with _overlaps allows."""
+    drawn = 0
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        objs = place(random_specs(rng, int(rng.integers(1, 7))), rng, tries=5)
+        if objs is None:
+            continue
+        drawn += 1
+        for i, o in enumerate(objs):
+            assert not _overlaps(o.box, [b.box for b in objs[:i]])
+            assert 0 <= o.x <= CANVAS - o.px and 0 <= o.y <= CANVAS - o.px
+    assert drawn > 200
+    # every position a small square may take beside a large one, drawn over many seeds, is the reference rule's set
+    big = place([("square", "red", "large")], np.random.default_rng(3), tries=1)
+    allowed = set()
+    for seed in range(400):
+        two = place([("square", "blue", "small")], np.random.default_rng(seed), tries=1, fixed=big)
+        allowed.add((two[1].x, two[1].y))
+    want = {
+        (x, y) for x in range(0, 25, 4) for y in range(0, 25, 4) if not _overlaps((x, y, x + 8, y + 8), [big[0].box])
+    }
+    assert allowed == want
 
 
 def test_grammar_round_trips_every_prompt_and_tags_it():

@@ -49,7 +49,9 @@ def generate_image_tokens(
     generator: torch.Generator | None = None,
     pad_id: int = 0,
 ) -> torch.Tensor:
-    """Sample layout.grid**2 image codes after each prompt (ids ending in <IMAGE>). Returns [B, grid**2] codes."""
+    """Sample layout.grid**2 image codes after each prompt (ids ending in <IMAGE>). Returns [B, grid**2] codes.
+
+    The model reads the image as `layout.tokens(codes)`: each row's codes and an <EOL>, which is fed, not sampled."""
     cfg = uncond_ids is not None and cfg_scale != 1.0
     rows = prompt_ids + (uncond_ids if cfg else [])
     ids, mask = left_pad(rows, pad_id)
@@ -59,16 +61,19 @@ def generate_image_tokens(
     cache = DynamicCache(config=backbone.config)
     out = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, logits_to_keep=1)
     codes = []
-    for step in range(layout.grid**2):
-        logits = out.logits[:, -1, lo:hi].float()
-        if cfg:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + cfg_scale * (cond - uncond)
-        code = sample_logits(logits, temperature, top_k, min_p, generator)
-        codes.append(code)
-        if step + 1 == layout.grid**2:
-            break
-        token = (code + lo).repeat(2 if cfg else 1)[:, None]
+    for step in range(layout.length - 1):  # the last token, an <EOL>, is never fed
+        if (step + 1) % (layout.grid + 1) == 0:
+            token = torch.full((len(mask), 1), layout.eol, device=mask.device)
+        else:
+            logits = out.logits[:, -1, lo:hi].float()
+            if cfg:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + cfg_scale * (cond - uncond)
+            code = sample_logits(logits, temperature, top_k, min_p, generator)
+            codes.append(code)
+            if len(codes) == layout.grid**2:
+                break
+            token = (code + lo).repeat(2 if cfg else 1)[:, None]
         mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
         pos = pos[:, -1:] + 1
         out = backbone(input_ids=token, attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values)

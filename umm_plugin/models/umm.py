@@ -8,7 +8,9 @@ Layout on disk (one HF-format directory, no pickle, no remote code):
     diffusion_head/, scheduler/           a diffusers model + FlowMatchEulerDiscreteScheduler, codes -> pixels
 The backbone directory is what vLLM or `AutoModelForCausalLM.from_pretrained` loads; everything image-specific sits
 beside it. Chat layout (no system message at this size): `<user> ... <assistant> ...`, and an image is
-`<SOM> h w <IMAGE> codes... <EOM>` as in X-Omni.
+`<SOM> h w <IMAGE> codes... <EOM>` as in X-Omni, with an `<EOL>` after every row of codes as in Emu3 and
+Lumina-mGPT: in a flat raster a tiny generator cannot tell where a row ends and draws shapes that wrap from the right
+edge onto the next row's left edge (a quarter of the weak base's samples did, and their captions were 3% right).
 """
 
 import json
@@ -22,13 +24,13 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from umm_plugin.models.diffusion_head import DiffusionHead, make_scheduler
 from umm_plugin.models.visual_tokenizer import PatchVQ
 
-SPECIALS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>", "<SOM>", "<EOM>", "<IMAGE>", "<think>", "</think>"]
+SPECIALS = "<pad> <eos> <unk> <user> <assistant> <SOM> <EOM> <IMAGE> <think> </think> <EOL>".split()
 # Words of the instructions the tiny model is trained on (the world's own words come from its grammar).
 TASK_WORDS = (
     "generate : describe the image . check edit no further needed add remove make at top middle bottom center "
     "is this ? yes"
 )
-FORMAT = "umm-plugin/1"
+FORMAT = "umm-plugin/2"  # 2: an <EOL> token ends every row of image codes
 DESCRIBE = "describe the image ."  # the understanding instruction: captions, GvU's judge
 ASK = "is this {prompt} ?"  # the yes/no question: SRUM's and R3's self-judge
 
@@ -63,12 +65,45 @@ class ImageLayout:
     eom: int
     image: int
     size_ids: tuple[int, int]  # the "h w" tokens
+    eol: int  # ends every row of codes
+
+    @property
+    def length(self) -> int:
+        """Image tokens between <IMAGE> and <EOM>: grid rows of grid codes and an <EOL>."""
+        return self.grid * (self.grid + 1)
 
     def image_prefix(self) -> list[int]:
         return [self.som, *self.size_ids, self.image]
 
+    def tokens(self, codes) -> list[int]:
+        """[grid*grid] codes -> the `length` token ids that follow <IMAGE>: each row's codes, then <EOL>."""
+        ids, g = [self.image_offset + int(c) for c in codes], self.grid
+        return [t for r in range(g) for t in ids[r * g : (r + 1) * g] + [self.eol]]
+
+    def codes(self, tokens) -> torch.Tensor:
+        """The inverse of `tokens`; anything else (a row end out of place, a text token) is an error naming it."""
+        t = torch.as_tensor(list(tokens), dtype=torch.long)
+        ends = torch.arange(1, len(t) + 1) % (self.grid + 1) == 0
+        if len(t) != self.length or not (t[ends] == self.eol).all():
+            raise ModelError(
+                f"image tokens must be {self.grid} rows of {self.grid} codes each ended by <EOL> (id "
+                f"{self.eol}); got {len(t)} tokens with <EOL> at {torch.nonzero(t == self.eol).flatten().tolist()}"
+            )
+        codes = t[~ends] - self.image_offset
+        if codes.min() < 0 or codes.max() >= self.num_codes:
+            raise ModelError(
+                f"image tokens hold ids outside the image vocabulary [{self.image_offset}, "
+                f"{self.image_offset + self.num_codes})"
+            )
+        return codes
+
+    def spread(self, values, fill=0.0) -> list:
+        """One value per code -> one per image token (`fill` at each <EOL>): token rewards and weights."""
+        v, g = list(values), self.grid
+        return [x for r in range(g) for x in v[r * g : (r + 1) * g] + [fill]]
+
     def wrap(self, codes) -> list[int]:
-        return self.image_prefix() + [self.image_offset + int(c) for c in codes] + [self.eom]
+        return self.image_prefix() + self.tokens(codes) + [self.eom]
 
 
 class UMM:
@@ -84,6 +119,7 @@ class UMM:
             ids("<EOM>"),
             ids("<IMAGE>"),
             (ids(g), ids(g)),
+            ids("<EOL>"),
         )
         self.words = set(tokenizer.get_vocab()) - {image_code_token(c) for c in range(vq.num_codes)}
 
@@ -180,7 +216,10 @@ class UMM:
         except json.JSONDecodeError as e:
             raise ModelError(f"{path / 'umm_config.json'} is not valid JSON ({e.msg})") from None
         if meta.get("format") != FORMAT:
-            raise ModelError(f"{path / 'umm_config.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise ModelError(
+                f"{path / 'umm_config.json'}: format {meta.get('format')!r}, expected {FORMAT!r} "
+                "(saved by another umm-plugin version: pretrain it again with `umm-plugin shapes pretrain`)"
+            )
         parts = {}
         for name, load in (
             ("backbone", lambda: Qwen2ForCausalLM.from_pretrained(path).eval()),

@@ -8,12 +8,12 @@ step (`init_process_group` / `update_weight`, gloo), and no-op sleep/wake/prefix
 calls (the G samples of every prompt in flight) are gathered into one batch: image-token requests run through the
 KV-cache generator, scoring requests (prompt_logprobs) through one teacher-forced pass.
 
-Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary, max_tokens = the
-grid), text generation (the text vocabulary or all of it; EOS and stop_token_ids end it) and scoring only;
-`generate(..., use_adapter=False)` runs the LoRA-free reference weights, which is how `judge=reference` costs no
-second copy of the backbone. Every `--umm.eval_steps` weight syncs it evaluates its current weights (= the actor's)
-on held-out ShapesWorld prompts (plus the executor's own `evaluate`, if it has one) and saves them as a complete UMM
-directory.
+Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary and <EOL>, max_tokens
+= the image's token count; it feeds each row's <EOL> rather than sampling it), text generation (the text vocabulary or
+all of it; EOS and stop_token_ids end it) and scoring only; `generate(..., use_adapter=False)` runs the LoRA-free
+reference weights, which is how `judge=reference` costs no second copy of the backbone. Every `--umm.eval_steps` weight
+syncs it evaluates its current weights (= the actor's) on held-out ShapesWorld prompts (plus the executor's own
+`evaluate`, if it has one) and saves them as a complete UMM directory.
 """
 
 import asyncio
@@ -145,15 +145,15 @@ class UMMRolloutEngine:
         if getattr(params, "prompt_logprobs", None) is not None:
             return "score"
         if (
-            allowed == list(range(lay.image_offset, lay.image_offset + lay.num_codes))
-            and params.max_tokens == lay.grid**2
+            allowed == list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol]
+            and params.max_tokens == lay.length
         ):
             return "image"
         if allowed in ([], list(range(lay.image_offset))) and params.max_tokens:
             return "text"
         raise ValueError(
-            "the UMM engine serves image-token generation (allowed_token_ids = the image vocabulary, max_tokens = "
-            f"{lay.grid**2}), text generation (allowed_token_ids unset or the text vocabulary, ids < "
+            "the UMM engine serves image-token generation (allowed_token_ids = the image vocabulary + <EOL>, "
+            f"max_tokens = {lay.length}), text generation (allowed_token_ids unset or the text vocabulary, ids < "
             f"{lay.image_offset}) and scoring (prompt_logprobs) only"
         )
 
@@ -198,7 +198,7 @@ class UMMRolloutEngine:
                         pad_id=pad,
                     )
                     for i, row in zip(idx, codes):
-                        out[i] = RequestOutput(batch[i].ids, [Completion((row + lay.image_offset).tolist())])
+                        out[i] = RequestOutput(batch[i].ids, [Completion(lay.tokens(row))])
         return out
 
     def _score(self, reqs) -> list[RequestOutput]:

@@ -29,15 +29,17 @@ class UMMExecutor(AgentExecutorBase):
             self.umm = getattr(llm_engine, "umm", None) or UMM.from_pretrained(llm_engine.kwargs["model"])
         return self.umm
 
-    async def generate_codes(self, llm_engine, sampling_params, ids: list[int]) -> list[int]:
-        """One image's token ids after `ids`, sampled with the run's top-k/min-p, logits limited to the image vocab."""
+    async def generate_codes(self, llm_engine, sampling_params, ids: list[int]) -> tuple[list[int], torch.Tensor]:
+        """One image after `ids`, sampled with the run's top-k/min-p: its token ids (rows of codes, each ended by
+        <EOL>; our engine feeds the <EOL>s, vLLM samples them from the image vocabulary plus <EOL>) and its codes."""
         lay = self.model(llm_engine).layout
         params = deepcopy(sampling_params)
-        params.max_tokens = lay.grid**2
-        params.allowed_token_ids = list(range(lay.image_offset, lay.image_offset + lay.num_codes))
+        params.max_tokens = lay.length
+        params.allowed_token_ids = list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol]
         params.min_p, params.top_k = self.cfg.min_p, self.cfg.top_k or -1
         out = await llm_engine.generate(ids, params)
-        return list(out.outputs[0].token_ids)
+        tokens = list(out.outputs[0].token_ids)
+        return tokens, lay.codes(tokens)
 
     async def generate_text(self, llm_engine, sampling_params, ids: list[int], max_tokens: int, stop=()) -> list[int]:
         """A text turn after `ids` (the text vocabulary only), ending at EOS or a `stop` token, which it keeps."""

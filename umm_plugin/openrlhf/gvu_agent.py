@@ -24,8 +24,7 @@ class AgentExecutor(UMMExecutor):
     async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
         umm = self.model(llm_engine)
         ids = umm.generation_prompt(prompt)
-        tokens = await self.generate_codes(llm_engine, sampling_params, ids)
-        codes = torch.tensor(tokens) - umm.layout.image_offset
+        tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
 
         # The exact codebook render is what the evaluator logs read (the head reproduces it: round-trip 1.0); the
         # diffusion head runs only for `reencode`, the authors' decode-then-re-tokenize judge input.

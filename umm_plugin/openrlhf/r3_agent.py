@@ -85,13 +85,12 @@ class AgentExecutor(UMMExecutor):
 
     async def reason_and_generate(self, prompt, label, sampling_params, llm_engine, images):
         umm = self.model(llm_engine)
-        lay, tok = umm.layout, umm.tokenizer
+        tok = umm.tokenizer
         ctx = umm.reason_prompt(prompt)
         end_think, som = tok.convert_tokens_to_ids(["</think>", "<SOM>"])
         plan = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens, [end_think, som])
         ids = ctx + plan + umm.after_plan(plan)  # a `<SOM>` the model wrote stays part of its plan action
-        tokens = await self.generate_codes(llm_engine, sampling_params, ids)
-        codes = torch.tensor(tokens) - lay.image_offset
+        tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
         pixels, head = self.render(llm_engine, sampling_params, codes)
         v = await self.judge(llm_engine, sampling_params, prompt, codes, pixels)
         f = format_reward(" ".join(tok.convert_ids_to_tokens([t for t in plan if t != som])))
@@ -111,7 +110,7 @@ class AgentExecutor(UMMExecutor):
 
     async def reflect_and_refine(self, root, label, sampling_params, llm_engine, images):
         umm = self.model(llm_engine)
-        lay, tok = umm.layout, umm.tokenizer
+        tok = umm.tokenizer
         prompt, v_prev, codes = root["prompt"], root["v"], root["codes"]
         ctx = umm.reflect_prompt(codes, prompt)
         answer = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens)
@@ -128,8 +127,7 @@ class AgentExecutor(UMMExecutor):
             instruction = tok.convert_tokens_to_ids(edit_instruction(text).split())
             end = [] if answer[-1:] == [tok.eos_token_id] else [tok.eos_token_id]
             ids = observation + end + umm.refine_turn(instruction)
-            tokens = await self.generate_codes(llm_engine, sampling_params, ids)
-            new = torch.tensor(tokens) - lay.image_offset
+            tokens, new = await self.generate_codes(llm_engine, sampling_params, ids)
             pixels, head = self.render(llm_engine, sampling_params, new, edit=True)
             v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels)
             actions.append((len(ids), len(ids) + len(tokens)))

@@ -213,9 +213,9 @@ def train_offline(cfg: SRUMOfflineConfig, log=print):
         parts[name].train()
         engines[name], _, _ = strategy.prepare((parts[name], _optim(cfg, max(1, steps_per_epoch * cfg.epochs))))
     x = to_pixels(data["images"])
-    token_w = pool_to_grid(data["maps"], model.layout.grid)
+    lay = model.layout
+    token_w = torch.tensor([lay.spread(w) for w in pool_to_grid(data["maps"], lay.grid).tolist()])  # 0 at <EOL>
     prefixes = [model.generation_prompt(p) for p in prompts]
-    off = model.layout.image_offset
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n, generator=gen)[: steps_per_epoch * (cfg.batch_size // world)]
         losses = {name: [] for name in trained}
@@ -224,7 +224,7 @@ def train_offline(cfg: SRUMOfflineConfig, log=print):
             if "backbone" in engines:
                 bb = engines["backbone"]
                 logp, mask = continuation_logprobs(
-                    bb.module, [prefixes[j] for j in idx], [(data["codes"][j] + off).tolist() for j in idx]
+                    bb.module, [prefixes[j] for j in idx], [lay.tokens(data["codes"][j]) for j in idx]
                 )
                 loss = srum_token_loss(logp, mask.float(), token_w[idx], cfg.lam)
                 bb.backward(loss)

@@ -69,8 +69,7 @@ class AgentExecutor(UMMExecutor):
         umm = self.model(llm_engine)
         lay = umm.layout
         ids = umm.generation_prompt(prompt)
-        tokens = await self.generate_codes(llm_engine, sampling_params, ids)
-        codes = torch.tensor(tokens) - lay.image_offset
+        tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
         with torch.no_grad():
             pixels = render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator)
 
@@ -84,7 +83,7 @@ class AgentExecutor(UMMExecutor):
         cells = pool_to_grid(m[None], lay.grid)[0]
 
         logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
-        token_rewards = [0.0] * len(ids) + cells.tolist()
+        token_rewards = [0.0] * len(ids) + lay.spread(cells.tolist())
         reward = m.mean().item()  # logged; the estimator reads token_rewards
         actions = [(len(ids), len(ids) + len(tokens))]
         return self.response(

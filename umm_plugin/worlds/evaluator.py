@@ -37,8 +37,11 @@ class Parse:
 
 def snap(image: np.ndarray) -> np.ndarray:
     """[H, W, 3] RGB (uint8 or float in 0..255) -> [H, W] palette index, 0 = background."""
-    d = ((image[:, :, None, :].astype(np.float32) - PALETTE[None, None].astype(np.float32)) ** 2).sum(-1)
-    return d.argmin(-1)
+    # |x - p|^2 = |x|^2 - 2 x.p + |p|^2, and |x|^2 is the same for every p: one [HW, 3] x [3, K] product (exact on
+    # uint8 input, whose values are integers well inside float32's range).
+    pal = PALETTE.astype(np.float32)
+    d = (pal**2).sum(-1) - 2 * image.reshape(-1, 3).astype(np.float32) @ pal.T
+    return d.argmin(-1).reshape(image.shape[:2])
 
 
 def classify(mask: np.ndarray) -> str:

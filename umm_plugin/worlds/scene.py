@@ -10,6 +10,7 @@ a sampled scene satisfies its prompt by construction (tests verify this on rende
 """
 
 from dataclasses import dataclass, replace
+from functools import cache
 
 import numpy as np
 
@@ -78,6 +79,22 @@ def _overlaps(box, boxes, gap: int = GAP) -> bool:
     return any(x0 < b[2] + gap and b[0] < x1 + gap and y0 < b[3] + gap and b[1] < y1 + gap for b in boxes)
 
 
+@cache
+def _cells(box, canvas: int, grow: int = 0) -> int:
+    """The ALIGN-px cells of an on-grid box, grown by `grow` cells each way, as the bits of an int. Two on-grid boxes
+    are within GAP (< ALIGN) px of each other exactly when one's cells meet the other's grown by one: `place` tests
+    that with one AND per position, not a loop over the boxes (it was half of a pretraining batch's build time)."""
+    if any(v % ALIGN for v in box):
+        raise ValueError(f"box {box} is off the {ALIGN} px grid: place() lays out on-grid objects only")
+    n = canvas // ALIGN
+    x0, y0, x1, y1 = (v // ALIGN for v in box)
+    bits = 0
+    for cy in range(max(0, y0 - grow), min(n, y1 + grow)):
+        for cx in range(max(0, x0 - grow), min(n, x1 + grow)):
+            bits |= 1 << (cy * n + cx)
+    return bits
+
+
 def place(
     specs, rng: np.random.Generator, canvas: int = CANVAS, accept=None, tries: int = 4000, fixed=(), halves=None
 ):
@@ -95,8 +112,10 @@ def place(
                 axis, side = halves[i]
                 lo[axis], hi[axis] = (0, canvas // 2 - s + 1) if side == 0 else (canvas // 2, canvas - s + 1)
             xs, ys = (range(-(-a // ALIGN) * ALIGN, b, ALIGN) for a, b in zip(lo, hi))
-            boxes = [o.box for o in objects]
-            free = [(x, y) for x in xs for y in ys if not _overlaps((x, y, x + s, y + s), boxes)]
+            taken = 0
+            for o in objects:
+                taken |= _cells(o.box, canvas, 1)
+            free = [(x, y) for x in xs for y in ys if not _cells((x, y, x + s, y + s), canvas) & taken]
             if not free:
                 break
             x, y = free[rng.integers(len(free))]
