@@ -85,6 +85,10 @@ def test_micro_batches_split_by_padded_tokens_and_keep_the_batch_loss(vq):
     parts = micro_batches(rows, budget=800)
     assert [r for p in parts for r in p] == rows and len(parts) > 2
     assert all(len(p) == 1 or len(p[-1][0]) * len(p) <= 800 for p in parts)
+    eol = model.layout.eol
+    assert all(not m for ids, mask in rows for t, m in zip(ids, mask) if t == eol)  # <EOL>s are fed, never trained
+    images = [mask for ids, mask in rows if ids[-2:] == [model.layout.eom, model.tokenizer.eos_token_id]]
+    assert images and all(sum(mask[-74:]) == 64 + 2 for mask in images)  # an image answer: 64 codes, <EOM>, <eos>
     with torch.no_grad():
         whole = lm_loss(model.backbone, rows)
         split = sum(lm_loss(model.backbone, p) * len(p) / len(rows) for p in parts)
