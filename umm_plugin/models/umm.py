@@ -77,8 +77,7 @@ class ImageLayout:
 
     def tokens(self, codes) -> list[int]:
         """[grid*grid] codes -> the `length` token ids that follow <IMAGE>: each row's codes, then <EOL>."""
-        ids, g = [self.image_offset + int(c) for c in codes], self.grid
-        return [t for r in range(g) for t in ids[r * g : (r + 1) * g] + [self.eol]]
+        return self.spread([self.image_offset + int(c) for c in codes], self.eol)
 
     def codes(self, tokens) -> torch.Tensor:
         """The inverse of `tokens`; anything else (a row end out of place, a text token) is an error naming it."""
