@@ -82,6 +82,40 @@ def test_text_requests_stop_like_vllm_and_match_the_direct_generator(pretrained_
         assert all(t not in {*stop, tok.eos_token_id} for t in want[:-1])  # nothing after a stop token
 
 
+class _GreedyVLLM:
+    """What the executor may use of a vLLM engine (no `umm` attribute): `generate(ids, params)` honouring
+    allowed_token_ids and max_tokens. Greedy, a full forward per token, no cache: too slow for anything but tests."""
+
+    def __init__(self, model_dir):
+        self.kwargs = {"model": model_dir}
+        self.backbone = UMM.from_pretrained(model_dir).backbone
+        self.calls = []
+
+    async def generate(self, ids, params):
+        from types import SimpleNamespace
+
+        self.calls.append((len(ids), params.max_tokens))
+        out, allowed = list(ids), torch.tensor(params.allowed_token_ids)
+        for _ in range(params.max_tokens):
+            logits = self.backbone(input_ids=torch.tensor([out])).logits[0, -1]
+            out.append(int(allowed[logits[allowed].argmax()]))
+        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=out[len(ids) :])])
+
+
+def test_on_vllm_the_executor_feeds_each_eol_row_by_row(pretrained_dir, umm_flags):
+    """vLLM cannot be told to emit <EOL> at row ends (the model never learned to), so the executor asks for one row
+    of codes at a time and feeds the <EOL>: greedy, that is exactly our engine's one-call image."""
+    engine = _GreedyVLLM(str(pretrained_dir))
+    executor = gvu_agent.AgentExecutor()
+    umm = executor.model(engine)
+    lay = umm.layout
+    ids = umm.generation_prompt(PROMPTS[1])
+    tokens, codes = asyncio.run(executor.generate_codes(engine, SamplingParams(temperature=0.0), ids))
+    direct = generate_image_tokens(umm.backbone, lay, [ids], temperature=0.0, pad_id=0)[0]
+    assert tokens == lay.tokens(direct) and torch.equal(codes, direct)
+    assert engine.calls == [(len(ids) + r * (lay.grid + 1), lay.grid) for r in range(lay.grid)]
+
+
 def test_engine_rejects_requests_it_cannot_serve(pretrained_dir, umm_flags):
     engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=None)
     ids = engine.umm.generation_prompt(PROMPTS[0])

@@ -31,14 +31,23 @@ class UMMExecutor(AgentExecutorBase):
 
     async def generate_codes(self, llm_engine, sampling_params, ids: list[int]) -> tuple[list[int], torch.Tensor]:
         """One image after `ids`, sampled with the run's top-k/min-p: its token ids (rows of codes, each ended by
-        <EOL>; our engine feeds the <EOL>s, vLLM samples them from the image vocabulary plus <EOL>) and its codes."""
+        <EOL>) and its codes. Every <EOL> is fed, never sampled: pretraining keeps them out of the loss, so the model
+        cannot write them. Our engine feeds them inside one call; on vLLM each row is one call over the image
+        vocabulary, the prompt growing by that row and its <EOL> (prefix caching keeps the re-read cheap)."""
         lay = self.model(llm_engine).layout
         params = deepcopy(sampling_params)
-        params.max_tokens = lay.length
-        params.allowed_token_ids = list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol]
         params.min_p, params.top_k = self.cfg.min_p, self.cfg.top_k or -1
-        out = await llm_engine.generate(ids, params)
-        tokens = list(out.outputs[0].token_ids)
+        codes = list(range(lay.image_offset, lay.image_offset + lay.num_codes))
+        if getattr(llm_engine, "umm", None) is not None:
+            params.max_tokens, params.allowed_token_ids = lay.length, codes + [lay.eol]
+            tokens = list((await llm_engine.generate(ids, params)).outputs[0].token_ids)
+            return tokens, lay.codes(tokens)
+        params.max_tokens, params.allowed_token_ids = lay.grid, codes
+        tokens = []
+        for _ in range(lay.grid):
+            tokens += list((await llm_engine.generate(ids + tokens, params)).outputs[0].token_ids) + [lay.eol]
+            if getattr(params, "seed", None) is not None:  # a seeded request must not redraw one row's noise
+                params.seed += 1
         return tokens, lay.codes(tokens)
 
     async def generate_text(self, llm_engine, sampling_params, ids: list[int], max_tokens: int, stop=()) -> list[int]:
