@@ -67,3 +67,24 @@ def test_smoke_evaluator_judge_trains_the_head(pretrained_dir, tmp_path):
 def test_smoke_openai_judge_on_a_loopback_server(pretrained_dir, tmp_path, server):
     _smoke(pretrained_dir, tmp_path, "openai", "--r3.url", server.url, "--r3.model", "shapes-vlm")
     assert len(server.requests) >= 8 and all(r["body"]["model"] == "shapes-vlm" for r in server.requests)
+
+
+def test_resume_restores_the_trained_head_from_the_deepspeed_checkpoint(pretrained_dir, tmp_path):
+    """`--ckpt.load_enable` through the real host: the head (an actor extension, patches/0008) is restored from the
+    DeepSpeed checkpoint's client state. The rerun finds no steps left, so the head it saves is the one it loaded:
+    the trained one, not the base's."""
+    _smoke(pretrained_dir, tmp_path, "evaluator", "--r3.score", "checklist", "--ckpt.save_steps", "2")
+    head = "diffusion_head/diffusion_pytorch_model.safetensors"
+    trained = load_file(tmp_path / "actor" / head)
+    (tmp_path / "actor" / head).unlink()
+    run = _run(
+        ["bash", "recipes/r3.sh", "--smoke", "--judge", "evaluator", "--", "--r3.score", "checklist",
+         "--ckpt.save_steps", "2", "--ckpt.load_enable"],
+        UMM_BASE=str(pretrained_dir), UMM_OUT=str(tmp_path),
+    )  # fmt: skip
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "Loading the checkpoint" in log and "Global step " not in log  # resumed at the end: nothing to train
+    resumed, base = load_file(tmp_path / "actor" / head), load_file(pretrained_dir / head)
+    assert all(torch.equal(resumed[k], trained[k]) for k in trained)
+    assert any(not torch.equal(resumed[k], base[k]) for k in base)
