@@ -1,7 +1,10 @@
 # Sourced by the RL recipes: `ppo_cpu AGENT_MODULE ESTIMATOR [extra train_ppo_ray flags]` runs OpenRLHF's real
 # train_ppo_ray on CPU (Ray + DeepSpeed on gloo, the plugin's UMM rollout engine) with LoRA on the ShapesWorld base.
-# Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N from the recipe; pretrains the weak base if missing.
+# Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N and LR (default 2e-4) from the recipe; pretrains the
+# weak base if missing.
 # On GPUs drop --ds.device, --ds.param_dtype fp32, --vllm.sync_backend gloo and --rollout.engine to roll out on vLLM.
+# Rollouts sample images at plain T 1 (--umm.min_p 0): under the authors' min-p 0.03 the ShapesWorld weak base
+# draws almost nothing (held-out accuracy .000, 1.13 objects an image); pass `--umm.min_p 0.03` for their sampler.
 ppo_cpu() {
   local agent estimator
   agent=$("$PY" -c "import $1 as m; print(m.__file__)")
@@ -30,11 +33,12 @@ ppo_cpu() {
     --train.batch_size $((PROMPTS * G)) --train.micro_batch_size $((PROMPTS * G)) --train.max_epochs 1 \
     --train.num_episodes 1 --data.max_samples $((STEPS * PROMPTS)) \
     --algo.advantage.estimator "$estimator" --algo.kl.use_loss --algo.kl.estimator k3 --algo.kl.init_coef 0.03 \
-    --rollout.temperature 1.0 --actor.adam.lr 2e-4 --actor.lr_warmup_ratio 0 --actor.min_lr_ratio 1 \
+    --rollout.temperature 1.0 --actor.adam.lr "${LR:-2e-4}" --actor.lr_warmup_ratio 0 --actor.min_lr_ratio 1 \
     --actor.lr_scheduler constant_with_warmup \
     --ds.lora.rank 8 --ds.lora.alpha 32 \
     --ds.lora.target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj \
-    --umm.judge policy --umm.threads 2 --umm.eval_steps $EVAL_STEPS --umm.eval_n $EVAL_N --umm.log_dir "$OUT" \
+    --umm.judge policy --umm.min_p 0 --umm.threads 2 \
+    --umm.eval_steps $EVAL_STEPS --umm.eval_n $EVAL_N --umm.log_dir "$OUT" \
     --ckpt.output_dir "$OUT/actor" --ckpt.path "$OUT/ckpt" --ckpt.save_steps -1 \
     --logger.logging_steps 1 --train.seed 0 \
     "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on CPU: pretrain the weak ShapesWorld base (or reuse it), run GvU on it through OpenRLHF's
-# train_ppo_ray (recipes/gvu.sh), and print held-out ShapesWorld accuracy before and after, sampled both plainly
-# (T 1) and as GvU's rollouts are (T 1, min-p 0.03).
+# train_ppo_ray (recipes/gvu.sh), and print held-out ShapesWorld accuracy before and after, sampled both as the
+# rollouts are (plain T 1) and with the GvU authors' min-p 0.03.
 #   bash recipes/shapes.sh [BASE_DIR] [RUN_DIR] [gvu.sh options, e.g. --smoke]
 # Defaults runs/shapes-weak and runs/gvu; SEED sets the base's seed, UMM_EVAL_N the held-out prompts (400).
 set -euo pipefail

@@ -9,6 +9,8 @@
 #   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
 #   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
 # Both judge with `caption` scores by default (the tiny base's yes/no answers only see counts; bench/RESULTS.md).
+# Both sample images at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or
+# `--umm.min_p 0.03` (online) restores the authors' sampler.
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
 # UMM_OUT (run dir: runs/srum[_offline][_smoke]).
 set -euo pipefail
@@ -41,7 +43,7 @@ if [ "$OFFLINE" = 1 ]; then
   else
     SIZE=(--n-prompts 1024 --samples 8 --epochs 2 --batch-size 64 --micro-batch-size 32 --eval-n 400)
   fi
-  "$PY" -m umm_plugin.cli srum --model "$BASE" --out "$OUT" --scorer caption "${SIZE[@]}" "$@"
+  "$PY" -m umm_plugin.cli srum --model "$BASE" --out "$OUT" --scorer caption --min-p 0 "${SIZE[@]}" "$@"
   echo "curve: $OUT/curve.csv  grids: $OUT/grid_*.png  maps: $OUT/maps.png  model: $OUT/model"
   exit 0
 fi
