@@ -48,7 +48,7 @@ def run(path, variant, batch):
     prompt = "a photo of two red circles"
     image = SamplingParams(
         max_tokens=lay.length,
-        allowed_token_ids=list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol],
+        allowed_token_ids=lay.code_ids + [lay.eol],
     )
 
     async def step():

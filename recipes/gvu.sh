@@ -16,7 +16,7 @@ BASE=${UMM_BASE:-runs/shapes-weak}
 SMOKE=0
 STEPS=300
 # LoRA lr 1e-4: at 2e-4 the KL to the base and the gradient norm blew up after step ~175 in both weak22 runs
-# (KL .06 -> 1.2, grad norm .4 -> 6); at 1e-4 KL stayed below .02 for 300 steps (bench/RESULTS.md, g8-g10).
+# (KL .06 -> 1.2, grad norm .4 -> 6); at 1e-4 KL stayed below .04 for 300 steps (bench/RESULTS.md, g8-g12r).
 LR=1e-4
 UMM_FLAGS=(--umm.include_eos true --umm.reencode false)
 while [ $# -gt 0 ]; do

@@ -22,7 +22,7 @@ def _image_params(umm, temperature=0.0):
     return SamplingParams(
         temperature=temperature,
         max_tokens=lay.length,
-        allowed_token_ids=list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol],
+        allowed_token_ids=lay.code_ids + [lay.eol],
     )
 
 
@@ -94,7 +94,7 @@ class _GreedyVLLM:
     async def generate(self, ids, params):
         from types import SimpleNamespace
 
-        self.calls.append((len(ids), params.max_tokens))
+        self.calls.append((len(ids), params.max_tokens, params.seed))
         out, allowed = list(ids), torch.tensor(params.allowed_token_ids)
         for _ in range(params.max_tokens):
             logits = self.backbone(input_ids=torch.tensor([out])).logits[0, -1]
@@ -110,10 +110,11 @@ def test_on_vllm_the_executor_feeds_each_eol_row_by_row(pretrained_dir, umm_flag
     umm = executor.model(engine)
     lay = umm.layout
     ids = umm.generation_prompt(PROMPTS[1])
-    tokens, codes = asyncio.run(executor.generate_codes(engine, SamplingParams(temperature=0.0), ids))
+    tokens, codes = asyncio.run(executor.generate_codes(engine, SamplingParams(temperature=0.0, seed=5), ids))
     direct = generate_image_tokens(umm.backbone, lay, [ids], temperature=0.0, pad_id=0)[0]
     assert tokens == lay.tokens(direct) and torch.equal(codes, direct)
-    assert engine.calls == [(len(ids) + r * (lay.grid + 1), lay.grid) for r in range(lay.grid)]
+    # each row one call over the grown prompt; a seeded request moves its seed on, so rows draw fresh noise
+    assert engine.calls == [(len(ids) + r * (lay.grid + 1), lay.grid, 5 + r) for r in range(lay.grid)]
 
 
 def test_engine_rejects_requests_it_cannot_serve(pretrained_dir, umm_flags):

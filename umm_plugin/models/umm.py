@@ -72,6 +72,11 @@ class ImageLayout:
         """Image tokens between <IMAGE> and <EOM>: grid rows of grid codes and an <EOL>."""
         return self.grid * (self.grid + 1)
 
+    @property
+    def code_ids(self) -> list[int]:
+        """The image vocabulary: the token ids of codes 0..num_codes-1 (<EOL> is not one)."""
+        return list(range(self.image_offset, self.image_offset + self.num_codes))
+
     def image_prefix(self) -> list[int]:
         return [self.som, *self.size_ids, self.image]
 

@@ -144,10 +144,7 @@ class UMMRolloutEngine:
         allowed = list(params.allowed_token_ids or [])
         if getattr(params, "prompt_logprobs", None) is not None:
             return "score"
-        if (
-            allowed == list(range(lay.image_offset, lay.image_offset + lay.num_codes)) + [lay.eol]
-            and params.max_tokens == lay.length
-        ):
+        if allowed == lay.code_ids + [lay.eol] and params.max_tokens == lay.length:
             return "image"
         if allowed in ([], list(range(lay.image_offset))) and params.max_tokens:
             return "text"

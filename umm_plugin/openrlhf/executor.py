@@ -37,12 +37,11 @@ class UMMExecutor(AgentExecutorBase):
         lay = self.model(llm_engine).layout
         params = deepcopy(sampling_params)
         params.min_p, params.top_k = self.cfg.min_p, self.cfg.top_k or -1
-        codes = list(range(lay.image_offset, lay.image_offset + lay.num_codes))
         if getattr(llm_engine, "umm", None) is not None:
-            params.max_tokens, params.allowed_token_ids = lay.length, codes + [lay.eol]
+            params.max_tokens, params.allowed_token_ids = lay.length, lay.code_ids + [lay.eol]
             tokens = list((await llm_engine.generate(ids, params)).outputs[0].token_ids)
             return tokens, lay.codes(tokens)
-        params.max_tokens, params.allowed_token_ids = lay.grid, codes
+        params.max_tokens, params.allowed_token_ids = lay.grid, lay.code_ids
         tokens = []
         for _ in range(lay.grid):
             tokens += list((await llm_engine.generate(ids + tokens, params)).outputs[0].token_ids) + [lay.eol]
