@@ -58,10 +58,21 @@ def test_smoke_self_judge(pretrained_dir, tmp_path):
     _smoke(pretrained_dir, tmp_path, "self")
 
 
-def test_smoke_evaluator_judge_trains_the_head(pretrained_dir, tmp_path):
+EVALUATOR = ["evaluator", "--r3.score", "checklist", "--ckpt.save_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def evaluator_run(pretrained_dir, tmp_path_factory):
+    """One evaluator-judge smoke run with a DeepSpeed checkpoint at its last step, shared by the head test and the
+    resume test (a second run would cost the suite about 70 s)."""
+    out = tmp_path_factory.mktemp("r3_evaluator")
+    _, moved = _smoke(pretrained_dir, out, *EVALUATOR)
+    return out, moved
+
+
+def test_smoke_evaluator_judge_trains_the_head(evaluator_run):
     # The checklist's share gives V spread inside groups even for a tiny model, so image advantages are not all 0.
-    steps, moved = _smoke(pretrained_dir, tmp_path, "evaluator", "--r3.score", "checklist")
-    assert moved > 0
+    assert evaluator_run[1] > 0
 
 
 def test_smoke_openai_judge_on_a_loopback_server(pretrained_dir, tmp_path, server):
@@ -69,22 +80,22 @@ def test_smoke_openai_judge_on_a_loopback_server(pretrained_dir, tmp_path, serve
     assert len(server.requests) >= 8 and all(r["body"]["model"] == "shapes-vlm" for r in server.requests)
 
 
-def test_resume_restores_the_trained_head_from_the_deepspeed_checkpoint(pretrained_dir, tmp_path):
+def test_resume_restores_the_trained_head_from_the_deepspeed_checkpoint(pretrained_dir, evaluator_run):
     """`--ckpt.load_enable` through the real host: the head (an actor extension, patches/0008) is restored from the
     DeepSpeed checkpoint's client state. The rerun finds no steps left, so the head it saves is the one it loaded:
     the trained one, not the base's."""
-    _smoke(pretrained_dir, tmp_path, "evaluator", "--r3.score", "checklist", "--ckpt.save_steps", "2")
+    out = evaluator_run[0]
     head = "diffusion_head/diffusion_pytorch_model.safetensors"
-    trained = load_file(tmp_path / "actor" / head)
-    (tmp_path / "actor" / head).unlink()
+    trained = load_file(out / "actor" / head)
+    (out / "actor" / head).unlink()
     run = _run(
-        ["bash", "recipes/r3.sh", "--smoke", "--judge", "evaluator", "--", "--r3.score", "checklist",
-         "--ckpt.save_steps", "2", "--ckpt.load_enable"],
-        UMM_BASE=str(pretrained_dir), UMM_OUT=str(tmp_path),
-    )  # fmt: skip
+        ["bash", "recipes/r3.sh", "--smoke", "--judge", EVALUATOR[0], "--", *EVALUATOR[1:], "--ckpt.load_enable"],
+        UMM_BASE=str(pretrained_dir),
+        UMM_OUT=str(out),
+    )
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     assert "Loading the checkpoint" in log and "Global step " not in log  # resumed at the end: nothing to train
-    resumed, base = load_file(tmp_path / "actor" / head), load_file(pretrained_dir / head)
+    resumed, base = load_file(out / "actor" / head), load_file(pretrained_dir / head)
     assert all(torch.equal(resumed[k], trained[k]) for k in trained)
     assert any(not torch.equal(resumed[k], base[k]) for k in base)
