@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 PY=${UMM_PYTHON:-.venv/bin/python}
 BASE=${UMM_BASE:-runs/shapes-weak}
 SMOKE=0
-STEPS=300
+# 250 steps: 300 took 46 min 24 s alone on a 2-core CPU (weak23x, 72-token images), over the 45-min budget.
+STEPS=250
 JUDGE=self
 while [ $# -gt 0 ]; do
   case "$1" in
