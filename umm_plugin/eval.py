@@ -200,6 +200,8 @@ def format_report(r: dict) -> str:
             "  reflection accuracy (stops exactly when right) by round: "
             + " ".join(f"{a:.3f}" for a in r3["reflection_accuracy_by_round"])
             + f"; stopped {r3['stopped']:.3f}; plans well-formed {r3['plan_format']:.3f}",
+            f"  first reflection says 'no further edit' on {r3['first_stop_when_right']:.3f} of right images, "
+            f"{r3['first_stop_when_wrong']:.3f} of wrong ones",
         ]
     return "\n".join(lines)
 
@@ -211,7 +213,8 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
     Round 0 is the plan and first image; each later round reflects on the current image and, unless the answer is
     "no further edit needed" (then that prompt stops for good), refines it in the same conversation. Returns
     accuracy after rounds 0..rounds, reflection accuracy per round (over the prompts still going: stop == correct),
-    the share stopped, the plans' format rate, and for the first `keep` prompts the texts and images of each round.
+    the first reflection's stop rate on right and on wrong first images, the share stopped, the plans' format rate,
+    and for the first `keep` prompts the texts and images of each round.
     """
     bb, lay, tok = model.backbone, model.layout, model.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
@@ -234,6 +237,7 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
     ok = np.array([evaluate(img, m)[0] for img, m in zip(images, metas)])
     record = [{"prompt": p, "texts": [words(plan)], "images": [img]} for p, plan, img in zip(prompts, plans, images)]
     accuracy, reflection, active = [float(ok.mean())], [], np.ones(len(metas), dtype=bool)
+    first = {"right": float("nan"), "wrong": float("nan")}  # the first reflection's stop rates (none if rounds == 0)
     for _ in range(rounds):
         idx = np.flatnonzero(active)
         if len(idx) == 0:  # every prompt has stopped: nothing changes, nothing is left to reflect on
@@ -244,6 +248,11 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
         answers = generate_text(bb, contexts, text_tokens, eos, lay.image_offset, pad_id=pad)
         stop = np.array([is_no_edit(words(a)) for a in answers])
         reflection.append(float((stop == ok[idx]).mean()))
+        if len(reflection) == 1:  # reflection accuracy alone hides the base rate: most first images are wrong
+            first = {
+                w: float(stop[ok == right].mean()) if (ok == right).any() else float("nan")
+                for w, right in (("right", True), ("wrong", False))
+            }
         active[idx[stop]] = False
         rows = [refine_context(c, a) for c, a, s in zip(contexts, answers, stop) if not s]
         edited = idx[~stop]
@@ -260,6 +269,8 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
         "accuracy_by_round": accuracy,
         "reflection_accuracy_by_round": reflection,
         "stopped": float(1 - active.mean()),
+        "first_stop_when_right": first["right"],
+        "first_stop_when_wrong": first["wrong"],
         "plan_format": float(np.mean([format_reward(words(p)) for p in plans])),
         "record": record[:keep],
     }

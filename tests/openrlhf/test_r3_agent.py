@@ -81,7 +81,7 @@ def test_binary_score_is_one_exactly_when_the_whole_checklist_holds(pretrained_d
 
 
 def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_dir, monkeypatch):
-    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", score="checklist")
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", score="checklist", stop_penalty=0.5)
     umm = engine.umm
     stage1 = _call(engine, PROMPT)
     engine.syncs = 1
@@ -106,7 +106,7 @@ def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_di
             v_new = checklist_score(parse_prompt(PROMPT).meta(), detect(_image(umm, out, actions[1])[1]).objects)
             assert out["reward"] == pytest.approx(v_new)
         v_new = out["reward"]
-        c = float(stopped) if root["v"] == 1 else v_new - root["v"]
+        c = float(stopped) if root["v"] == 1 else v_new - root["v"] - 0.5 * stopped  # --r3.stop_penalty .5
         f = format_reward(answer)
         r = 1.0 * f + c * f
         assert out["extra_logs"]["r3_correction"] == pytest.approx(c)
@@ -156,12 +156,18 @@ def test_r3_rounds_stop_and_refine_as_the_model_answers(pretrained_dir, tmp_path
     r = r3_rounds(model, metas, rounds=2, keep=3)
     assert len(r["accuracy_by_round"]) == 3 and len(r["reflection_accuracy_by_round"]) == 2
     assert all(0 <= a <= 1 for a in r["accuracy_by_round"]) and 0 <= r["stopped"] <= 1
+    # the first reflection's accuracy splits into its stop rates on right and on wrong round-0 images
+    acc0, right, wrong = r["accuracy_by_round"][0], r["first_stop_when_right"], r["first_stop_when_wrong"]
+    parts = [acc0 * right if acc0 > 0 else 0.0, (1 - acc0) * (1 - wrong) if acc0 < 1 else 0.0]
+    assert r["reflection_accuracy_by_round"][0] == pytest.approx(sum(parts))
+    assert np.isnan(right) == (acc0 == 0) and np.isnan(wrong) == (acc0 == 1)
     assert len(r["record"]) == 3 and all(len(x["images"]) == len(x["texts"]) for x in r["record"])
     # the engine's evaluation hook writes R3's columns and the rounds grid
     engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", eval_rounds=2)
     engine.log_dir = tmp_path
     row = engine.evaluate_and_save()
     assert {"r3_accuracy_round0", "r3_accuracy_round2", "r3_reflection_round1", "r3_plan_format"} <= set(row)
+    assert {"r3_first_stop_when_right", "r3_first_stop_when_wrong"} <= set(row)
     assert (tmp_path / "rounds_00000.png").is_file()
     assert "r3_accuracy_round2" in next(csv.DictReader((tmp_path / "curve.csv").open()))
 
@@ -170,7 +176,7 @@ def test_bad_r3_flags_are_refused():
     from umm_plugin.openrlhf.r3 import R3Config
 
     bad_flags = ({"judge": "gpt"}, {"p_perfect": 1.5}, {"judge": "openai"}, {"weighting": "x"}, {"score": "soft"})
-    for bad in bad_flags + ({"text_tokens": 0},):
+    for bad in bad_flags + ({"text_tokens": 0}, {"stop_penalty": -1}):
         with pytest.raises(ValueError, match="--r3"):
             R3Config(**bad)
     assert np.isclose(R3Config().p_perfect, 0.15)

@@ -71,6 +71,9 @@ def test_correction_every_branch():
         "<think> fine </think> no further edit needed",  # V_prev < 1: C is still V_new - V_prev = 0
     ]
     assert torch.equal(correction(v_new, v_prev, answers), torch.tensor([0.25, -0.25, 1.0, 0.0, 0.0], dtype=F64))
+    # stop_penalty (ours) changes only the last branch, a stop on an imperfect root: 0 -> -0.5
+    c = correction(v_new, v_prev, answers, stop_penalty=0.5)
+    assert torch.equal(c, torch.tensor([0.25, -0.25, 1.0, 0.0, -0.5], dtype=F64))
 
 
 def test_correction_rejects_bad_input():
@@ -80,6 +83,8 @@ def test_correction_rejects_bad_input():
         correction(torch.tensor([1.5]), torch.tensor([0.5]), ["x"])
     with pytest.raises(ValueError, match="answers"):
         correction(torch.tensor([0.5]), torch.tensor([0.5]), [])
+    with pytest.raises(ValueError, match="stop_penalty"):
+        correction(torch.tensor([0.5]), torch.tensor([0.5]), ["x"], stop_penalty=-1)
 
 
 def test_stage_rewards_hand_numbers():

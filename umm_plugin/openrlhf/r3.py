@@ -3,7 +3,8 @@ round-wise evaluation).
 
 Differences from the authors' code, each a switch: the judge may be the policy itself (`self`, what makes R3
 self-rewarding) or ShapesWorld's exact checker (`evaluator`) instead of an external VLM (`openai`); V may be the
-checklist's share (`score checklist`) instead of the authors' 0/1 verdict; the buffer may draw imperfect roots by
+checklist's share (`score checklist`) instead of the authors' 0/1 verdict; a stop on an imperfect root may cost C =
+-stop_penalty instead of the authors' 0 (`stop_penalty`); the buffer may draw imperfect roots by
 their group's reward spread (`weighting spread`). As in the authors' code, stage 2 draws from the last stage-1
 step's results only. Unlike it, a member that stops keeps V_prev instead of a second verdict on the same image (the
 judges here are deterministic), and a judge that fails is an error, not V = 0. The diffusion head is trained beside
@@ -34,6 +35,14 @@ class R3Config:
     )
     w: float = field(
         default=1.0, metadata={"help": "Format weight w in R = V F + w F and R = w F + C F (authors: 1)."}
+    )
+    stop_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "C for answering 'no further edit needed' on an imperfect root (V_prev < 1) is -stop_penalty "
+            "(ours; the authors' 0 scores that stop like a failed edit; 1 makes a wrong stop cost what a right stop "
+            "earns)."
+        },
     )
     p_perfect: float = field(
         default=0.15, metadata={"help": "Stage 2 draws its root from the V == 1 pool with this probability."}
@@ -66,7 +75,8 @@ class R3Config:
         for name in ("buffer_size", "text_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--r3.{name} {getattr(self, name)} must be at least 1")
-        if self.eval_rounds < 0 or self.w < 0:
-            raise ValueError(f"--r3.eval_rounds {self.eval_rounds} and --r3.w {self.w} must not be negative")
+        for name in ("eval_rounds", "w", "stop_penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--r3.{name} {getattr(self, name)} must not be negative")
         if self.judge == "openai" and not (self.url and self.model):
             raise ValueError("--r3.judge openai needs --r3.url (an OpenAI-compatible server) and --r3.model")

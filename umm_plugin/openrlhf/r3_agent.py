@@ -11,7 +11,8 @@ actor keeps no sync count, so there every step is stage 1 until it exposes one (
 - Stage 2, per group: the G samples of one host call (one `generate_responses`, i.e. one sampling-params object)
   share one root drawn from the buffer, so the host's prompt is replaced by the root's. Each reflects on the root
   image (`<think> what it sees </think>` then "no further edit needed" or an edit) and, unless it stopped, refines
-  it in the same conversation; C = V_new - V_prev (or 1[stop] when V_prev = 1); R = w F + C F.
+  it in the same conversation; C = V_new - V_prev (or 1[stop] when V_prev = 1; -stop_penalty for a stop when
+  V_prev < 1, 0 in the authors' code); R = w F + C F.
 The trajectory's first action segment is the text turn (R on its tokens as `token_rewards`), the image turn follows;
 the scalar reward is V (V_prev for a member that stopped). `r3_stage` turns them into A_text and A_img (patch 0007).
 
@@ -132,7 +133,7 @@ class AgentExecutor(UMMExecutor):
             v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels)
             actions.append((len(ids), len(ids) + len(tokens)))
             observation = ids + tokens
-        c = correction(torch.tensor([v_new]), torch.tensor([v_prev]), [text])
+        c = correction(torch.tensor([v_new]), torch.tensor([v_prev]), [text], self.r3.stop_penalty)
         r = float(stage2_rewards(c, torch.tensor([f]), self.r3.w)[0])
         token_rewards = [0.0] * len(observation)
         token_rewards[actions[0][0] : actions[0][1]] = [r] * (actions[0][1] - actions[0][0])
@@ -160,6 +161,7 @@ class AgentExecutor(UMMExecutor):
         save_rounds(r["record"], log_dir / f"rounds_{step:05d}.png")
         out = {f"r3_accuracy_round{k}": a for k, a in enumerate(r["accuracy_by_round"])}
         out |= {f"r3_reflection_round{k}": a for k, a in enumerate(r["reflection_accuracy_by_round"], 1)}
+        out |= {f"r3_first_stop_when_{w}": r[f"first_stop_when_{w}"] for w in ("right", "wrong")}
         return out | {"r3_stopped": r["stopped"], "r3_plan_format": r["plan_format"]}
 
     async def judge(self, llm_engine, sampling_params, prompt, codes, pixels) -> float:

@@ -54,8 +54,15 @@ def edit_instruction(answer: str) -> str:
     return " ".join(answer.rsplit("</think>", 1)[-1].split())
 
 
-def correction(v_new: torch.Tensor, v_prev: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
-    """[N] C = V_new - V_prev where V_prev < 1; where V_prev == 1 (exactly), C = 1[answer is no-edit], else 0."""
+def correction(
+    v_new: torch.Tensor, v_prev: torch.Tensor, answers: Sequence[str], stop_penalty: float = 0.0
+) -> torch.Tensor:
+    """[N] C = V_new - V_prev where V_prev < 1; where V_prev == 1 (exactly), C = 1[answer is no-edit], else 0.
+
+    `stop_penalty` (ours, 0 = the authors' C): a no-edit answer on an imperfect root (V_prev < 1) gets C =
+    -stop_penalty instead of 0. The authors' C scores that stop like a failed edit, so where edits rarely succeed the
+    only strong signal is the perfect roots' "stop" bonus; at 1 the stop decision is scored symmetrically, +1 right, -1
+    wrong."""
     if v_new.shape != v_prev.shape or v_new.dim() != 1 or len(answers) != len(v_new):
         raise ValueError(
             f"need v_new, v_prev [N] and N answers, got {tuple(v_new.shape)}, {tuple(v_prev.shape)}, "
@@ -64,8 +71,10 @@ def correction(v_new: torch.Tensor, v_prev: torch.Tensor, answers: Sequence[str]
     for name, v in (("v_new", v_new), ("v_prev", v_prev)):
         if not ((v >= 0) & (v <= 1)).all():  # NaN fails both comparisons
             raise ValueError(f"{name} must lie in [0, 1] (no NaN)")
+    if stop_penalty < 0:
+        raise ValueError(f"stop_penalty={stop_penalty} must not be negative")
     stop = torch.tensor([is_no_edit(a) for a in answers], dtype=v_new.dtype, device=v_new.device)
-    return torch.where(v_prev == 1, stop, v_new - v_prev)
+    return torch.where(v_prev == 1, stop, v_new - v_prev - stop_penalty * stop)
 
 
 def stage1_rewards(v: torch.Tensor, f: torch.Tensor, w: float = 1.0) -> torch.Tensor:
