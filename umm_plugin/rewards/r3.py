@@ -59,10 +59,10 @@ def correction(
 ) -> torch.Tensor:
     """[N] C = V_new - V_prev where V_prev < 1; where V_prev == 1 (exactly), C = 1[answer is no-edit], else 0.
 
-    `stop_penalty` (ours, 0 = the authors' C): a no-edit answer on an imperfect root (V_prev < 1) gets C =
-    -stop_penalty instead of 0. The authors' C scores that stop like a failed edit, so where edits rarely succeed the
-    only strong signal is the perfect roots' "stop" bonus; at 1 the stop decision is scored symmetrically, +1 right, -1
-    wrong."""
+    `stop_penalty` (ours, 0 = the authors' C): a no-edit answer on an imperfect root (V_prev < 1) gets C = V_new -
+    V_prev - stop_penalty, i.e. -stop_penalty where the kept image keeps its V. The authors' C scores that stop like a
+    failed edit, so where edits rarely succeed the only strong signal is the perfect roots' "stop" bonus; at 1 the
+    stop decision is scored symmetrically, +1 right, -1 wrong."""
     if v_new.shape != v_prev.shape or v_new.dim() != 1 or len(answers) != len(v_new):
         raise ValueError(
             f"need v_new, v_prev [N] and N answers, got {tuple(v_new.shape)}, {tuple(v_prev.shape)}, "
