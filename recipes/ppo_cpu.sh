@@ -1,7 +1,7 @@
 # Sourced by the RL recipes: `ppo_cpu AGENT_MODULE ESTIMATOR [extra train_ppo_ray flags]` runs OpenRLHF's real
 # train_ppo_ray on CPU (Ray + DeepSpeed on gloo, the plugin's UMM rollout engine) with LoRA on the ShapesWorld base.
-# Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N and LR (default 2e-4) from the recipe; pretrains the
-# weak base if missing.
+# Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N, LR (default 2e-4) and PRETRAIN_FLAGS from the recipe;
+# pretrains the weak base (with PRETRAIN_FLAGS) if missing.
 # On GPUs drop --ds.device, --ds.param_dtype fp32, --vllm.sync_backend gloo and --rollout.engine to roll out on vLLM.
 # Rollouts sample images at plain T 1 (--umm.min_p 0): under the authors' min-p 0.03 the ShapesWorld weak base
 # draws almost nothing (held-out accuracy .000, 1.13 objects an image); pass `--umm.min_p 0.03` for their sampler.
@@ -16,7 +16,7 @@ ppo_cpu() {
   fi
   mkdir -p "$OUT"
   if [ ! -f "$BASE/umm_config.json" ]; then
-    "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak
+    "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak ${PRETRAIN_FLAGS:-}
   fi
   "$PY" -m umm_plugin.cli shapes prompts --split train --n $((STEPS * PROMPTS)) --out "$OUT/train.jsonl"
   RAY_DEDUP_LOGS=0 TOKENIZERS_PARALLELISM=false "$PY" -m openrlhf.cli.train_ppo_ray \

@@ -12,12 +12,15 @@
 # rounds_<step>.png shows plan, images and reflections. The diffusion head is trained beside the backbone (Flow-GRPO,
 # one SDE step per image, loss weight 2.0, its own AdamW: --umm.head_rl true, patches/0008); pass
 # `-- --umm.head_rl false` to train the AR backbone only. Shared flags: recipes/ppo_cpu.sh.
-# Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
-# UMM_OUT (run dir: runs/r3_<judge>[_smoke]).
+# Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the base, pretrained if missing: runs/shapes-weak-r3, the
+# weak base with R3's skills at 30 % of pretraining instead of 10 %), UMM_OUT (run dir: runs/r3_<judge>[_smoke]).
+# Why its own base: stage 2 can only reinforce an edit that sometimes works, and the default weak base's refine turn
+# gets a pretraining-style edit right 2 % of the time (bench/r3_skills.py), the --r3-share 0.3 base's 14 %.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${UMM_PYTHON:-.venv/bin/python}
-BASE=${UMM_BASE:-runs/shapes-weak}
+BASE=${UMM_BASE:-runs/shapes-weak-r3}
+PRETRAIN_FLAGS="--r3-share 0.3"
 SMOKE=0
 # 250 steps: 300 took 46 min 24 s alone on a 2-core CPU (weak23x, 72-token images), over the 45-min budget.
 STEPS=250
