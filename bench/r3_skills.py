@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from umm_plugin.models.generation import generate_image_tokens, generate_text
-from umm_plugin.models.pretrain import NO_EDIT, edit_pair
+from umm_plugin.models.pretrain import NO_EDIT, Batcher, PretrainConfig, edit_pair
 from umm_plugin.models.umm import UMM
 from umm_plugin.rewards.r3 import is_no_edit
 from umm_plugin.worlds.evaluator import evaluate
-from umm_plugin.worlds.grammar import describe, make_prompts, sample_scene
-from umm_plugin.worlds.scene import render
+from umm_plugin.worlds.grammar import make_prompts, sample_scene
 
 
 def main():
@@ -35,14 +34,14 @@ def main():
     m = UMM.from_pretrained(args.model)
     tok, eos, pad = m.tokenizer, m.tokenizer.eos_token_id, m.tokenizer.pad_token_id
     rng = np.random.default_rng(args.seed)
+    batcher = Batcher(m, PretrainConfig(out=args.model), rng)
     metas, shown_codes, reflect, refine = [], [], [], []
     for meta in make_prompts(args.n, args.split, args.seed):
         shown, answer, _ = edit_pair(meta, sample_scene(meta, rng), rng)
         if answer == NO_EDIT:
             continue
-        codes = m.vq.encode(torch.as_tensor(render(shown))[None])[0]
-        ctx = m.reflect_prompt(codes, meta["prompt"])
-        truthful = m.ids(f"<think> {describe(shown)} </think> {answer}") + [eos]  # pretraining's reflect answer
+        codes = batcher.codes(shown)
+        ctx, truthful = batcher.reflect_turn(codes, meta, shown, answer)  # pretraining's own reflect row
         metas.append(meta), shown_codes.append(codes), reflect.append(ctx)
         refine.append(ctx + truthful + m.refine_turn(m.ids(answer)))
     gen = torch.Generator().manual_seed(args.seed)
