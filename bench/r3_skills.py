@@ -42,7 +42,9 @@ def main():
             continue
         codes = batcher.codes(shown)
         ctx, truthful = batcher.reflect_turn(codes, meta, shown, answer)  # pretraining's own reflect row
-        metas.append(meta), shown_codes.append(codes), reflect.append(ctx)
+        metas.append(meta)
+        shown_codes.append(codes)
+        reflect.append(ctx)
         refine.append(ctx + truthful + m.refine_turn(m.ids(answer)))
     gen = torch.Generator().manual_seed(args.seed)
     new = generate_image_tokens(m.backbone, m.layout, refine, None, 1.0, 1.0, 0, 0.0, gen, pad)
