@@ -115,6 +115,9 @@ def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_di
         )
         assert sum(out["token_rewards"]) == pytest.approx(r * (actions[0][1] - actions[0][0]))  # none on the image
     assert seen  # at least one branch ran; both are covered by the estimator's hand-computed test
+    key = f"r3_stop_on_{'perfect' if root['v'] == 1 else 'imperfect'}_root"  # the engine curve's conditional rate
+    stops = [float(is_no_edit(_words(umm, o["observation_tokens"][slice(*o["action_ranges"][0])]))) for o in results]
+    assert sorted(r[key] for r in engine.records if key in r) == sorted(stops)
 
 
 def test_self_judge_is_the_models_own_caption_and_yes_no(pretrained_dir, monkeypatch):

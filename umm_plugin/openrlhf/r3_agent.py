@@ -147,6 +147,10 @@ class AgentExecutor(UMMExecutor):
             "r3_correction": float(c[0]),
             "r3_root_importance": root["importance"],
         }
+        if hasattr(llm_engine, "record"):
+            # The stop rate on perfect vs imperfect roots shows whether the reflection tells right from wrong (the
+            # overall rate only shows its threshold). Engine curve only: the host wants one key set per step.
+            llm_engine.record({f"r3_stop_on_{'perfect' if v_prev == 1 else 'imperfect'}_root": float(stopped)})
         extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head_rl)
         return self.response(llm_engine, prompt, label, images, observation, actions, pixels, v_new, logs, **extra)
 
