@@ -2,7 +2,7 @@
 # R3 (reason -> generate -> reflect -> refine, tree-structured stage-wise GRPO) on the ShapesWorld weak base, through
 # OpenRLHF's real train_ppo_ray.
 #
-#   bash recipes/r3.sh [--judge self|evaluator|openai] [--smoke] [--steps N] [-- extra train_ppo_ray flags]
+#   bash recipes/r3.sh [--judge self|evaluator|openai] [--smoke] [--faithful] [--steps N] [-- extra train_ppo_ray flags]
 #
 # Even steps are stage 1 (plan + image from the prompt), odd steps stage 2 (reflect + refine from a buffered stage-1
 # image); the R3 executor returns the text turn's reward on its tokens and the judge score V as the reward, and the
@@ -25,13 +25,18 @@ SMOKE=0
 # 250 steps: 300 took 46 min 24 s alone on a 2-core CPU (weak23x, 72-token images), over the 45-min budget.
 STEPS=250
 JUDGE=self
+# Stage 2 scores the stop decision symmetrically (ours): a wrong stop costs C = -1 as a right one earns +1, and half
+# the roots are perfect. The authors' C (0 for a wrong stop, P(perfect) .15) taught the weak base always to stop; this
+# taught its reflection to follow its own listing of the image (bench/RESULTS.md, session 12). --faithful: theirs.
+R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.5)
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
     --judge) JUDGE=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
+    --faithful) R3_FLAGS=(--r3.stop_penalty 0 --r3.p_perfect 0.15); shift ;;
     --) shift; break ;;
-    *) echo "r3.sh: unknown option $1 (use --judge J, --smoke, --steps N, -- extra flags)" >&2; exit 2 ;;
+    *) echo "r3.sh: unknown option $1 (use --judge J, --smoke, --faithful, --steps N, -- extra flags)" >&2; exit 2 ;;
   esac
 done
 NAME=r3_$JUDGE
@@ -44,4 +49,4 @@ fi
 OUT=${UMM_OUT:-runs/$NAME}
 source recipes/ppo_cpu.sh
 ppo_cpu umm_plugin.openrlhf.r3_agent r3_stage --r3.judge "$JUDGE" --r3.eval_rounds $ROUNDS \
-  --data.max_len 384 --umm.head_rl true "$@"
+  --data.max_len 384 --umm.head_rl true "${R3_FLAGS[@]}" "$@"

@@ -45,7 +45,11 @@ class R3Config:
         },
     )
     p_perfect: float = field(
-        default=0.15, metadata={"help": "Stage 2 draws its root from the V == 1 pool with this probability."}
+        default=0.15,
+        metadata={
+            "help": "Stage 2 draws its root from the V == 1 pool with this probability (authors: 0.15; recipes/r3.sh "
+            "passes 0.5 with --r3.stop_penalty 1)."
+        },
     )
     weighting: str = field(
         default="uniform",
