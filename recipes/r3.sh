@@ -2,7 +2,7 @@
 # R3 (reason -> generate -> reflect -> refine, tree-structured stage-wise GRPO) on the ShapesWorld weak base, through
 # OpenRLHF's real train_ppo_ray.
 #
-#   bash recipes/r3.sh [--judge self|evaluator|openai] [--smoke] [--faithful] [--steps N] [-- extra train_ppo_ray flags]
+#   bash recipes/r3.sh [--judge self|evaluator|openai] [--smoke] [--faithful] [--steps N] [-- extra flags]
 #
 # Even steps are stage 1 (plan + image from the prompt), odd steps stage 2 (reflect + refine from a buffered stage-1
 # image); the R3 executor returns the text turn's reward on its tokens and the judge score V as the reward, and the
@@ -26,8 +26,9 @@ SMOKE=0
 STEPS=250
 JUDGE=self
 # Stage 2 scores the stop decision symmetrically (ours): a wrong stop costs C = -1 as a right one earns +1, and half
-# the roots are perfect. The authors' C (0 for a wrong stop, P(perfect) .15) taught the weak base always to stop; this
-# taught its reflection to follow its own listing of the image (bench/RESULTS.md, session 12). --faithful: theirs.
+# the roots are perfect. The authors' C (0 for a wrong stop, P(perfect) .15) taught the weak base always to stop; this,
+# with the self judge, taught its reflection to follow its own listing of the image (with the evaluator judge: to edit
+# almost always; bench/RESULTS.md, session 12). --faithful: the authors'.
 R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.5)
 while [ $# -gt 0 ]; do
   case "$1" in
