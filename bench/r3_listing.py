@@ -15,9 +15,8 @@ For held-out prompts the model plans and draws its first image as at inference (
 import argparse
 
 import numpy as np
-import torch
 
-from umm_plugin.models.generation import generate_image_tokens, generate_text
+from umm_plugin.eval import r3_rounds
 from umm_plugin.models.umm import UMM
 from umm_plugin.rewards.r3 import THINK, caption_objects, checklist, is_no_edit
 from umm_plugin.worlds.evaluator import check, evaluate
@@ -29,23 +28,13 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--n", type=int, default=400, help="held-out prompts (seed 0, as umm-plugin eval)")
     args = ap.parse_args()
-    m = UMM.from_pretrained(args.model)
-    tok, lay = m.tokenizer, m.layout
-    eos, pad = tok.eos_token_id, tok.pad_token_id
     metas = make_prompts(args.n, "eval", 0)
-    with torch.no_grad():
-        ctx = [m.reason_prompt(x["prompt"]) for x in metas]
-        stop_plan = tok.convert_tokens_to_ids(["</think>", "<SOM>"])
-        plans = generate_text(m.backbone, ctx, 48, stop_plan, lay.image_offset, pad_id=pad)
-        rows = [c + p + m.after_plan(p) for c, p in zip(ctx, plans)]
-        gen = torch.Generator().manual_seed(0)
-        codes = generate_image_tokens(m.backbone, lay, rows, None, 1.0, 1.0, 0, 0.0, gen, pad)
-        right = np.array([evaluate(img, x)[0] for img, x in zip(m.vq.decode(codes), metas)])
-        reflect = [m.reflect_prompt(c, x["prompt"]) for c, x in zip(codes, metas)]
-        answers = generate_text(m.backbone, reflect, 48, eos, lay.image_offset, pad_id=pad)
+    # One round of R3 at inference, every prompt kept: its first image and its first reflection's text.
+    record = r3_rounds(UMM.from_pretrained(args.model), metas, rounds=1, keep=len(metas))["record"]
+    right = np.array([evaluate(r["images"][0], meta)[0] for r, meta in zip(record, metas)])
     stop, listing = [], []
-    for answer, meta in zip(answers, metas):
-        text = " ".join(tok.convert_ids_to_tokens([t for t in answer if t != eos]))
+    for r, meta in zip(record, metas):
+        text = r["texts"][1]
         stop.append(is_no_edit(text))
         think = THINK.fullmatch(text)
         objects, said = caption_objects(think["plan"] if think else "", meta)

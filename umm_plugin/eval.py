@@ -235,7 +235,8 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
     plans = generate_text(bb, contexts, text_tokens, stop_plan, lay.image_offset, pad_id=pad)
     codes, images = images_after([c + p + model.after_plan(p) for c, p in zip(contexts, plans)])
     ok = np.array([evaluate(img, m)[0] for img, m in zip(images, metas)])
-    record = [{"prompt": p, "texts": [words(plan)], "images": [img]} for p, plan, img in zip(prompts, plans, images)]
+    # Copies: a refine writes its images into `images` in place, which would rewrite every earlier round's view.
+    record = [{"prompt": p, "texts": [words(q)], "images": [img.copy()]} for p, q, img in zip(prompts, plans, images)]
     accuracy, reflection, active = [float(ok.mean())], [], np.ones(len(metas), dtype=bool)
     first = {"right": float("nan"), "wrong": float("nan")}  # the first reflection's stop rates (none if rounds == 0)
     for _ in range(rounds):
@@ -263,7 +264,7 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
         for j, i in enumerate(idx):
             if i < keep:
                 record[i]["texts"].append(words(answers[j]))
-                record[i]["images"].append(images[i])
+                record[i]["images"].append(images[i].copy())
         accuracy.append(float(ok.mean()))
     return {
         "accuracy_by_round": accuracy,

@@ -16,7 +16,7 @@ from umm_plugin.models.generation import continuation_logprobs, generate_text
 from umm_plugin.models.umm import ASK, DESCRIBE
 from umm_plugin.openrlhf.engine import UMMRolloutEngine
 from umm_plugin.rewards.r3 import caption_objects, checklist_score, format_reward, is_no_edit
-from umm_plugin.worlds.evaluator import detect
+from umm_plugin.worlds.evaluator import detect, evaluate
 from umm_plugin.worlds.grammar import make_prompts, parse_prompt
 
 PROMPT = "a photo of a red circle to the left of a blue square"
@@ -164,6 +164,15 @@ def test_r3_rounds_stop_and_refine_as_the_model_answers(pretrained_dir, tmp_path
     assert r["reflection_accuracy_by_round"][0] == pytest.approx(sum(parts))
     assert np.isnan(right) == (acc0 == 0) and np.isnan(wrong) == (acc0 == 1)
     assert len(r["record"]) == 3 and all(len(x["images"]) == len(x["texts"]) for x in r["record"])
+    # the record keeps each round's image, not a view that a later refine overwrites: its round-0 images are those
+    # of a run without reflection (same seed), and evaluated round by round they give the accuracies
+    record = r3_rounds(model, metas, rounds=2, keep=len(metas))["record"]
+    first = r3_rounds(model, metas, rounds=0, keep=len(metas))["record"]
+    assert any(not np.array_equal(x["images"][0], x["images"][-1]) for x in record)  # some prompt's image changed
+    assert all(np.array_equal(x["images"][0], y["images"][0]) for x, y in zip(record, first))
+    for k, acc in enumerate(r["accuracy_by_round"]):
+        ok = [evaluate(x["images"][min(k, len(x["images"]) - 1)], m)[0] for x, m in zip(record, metas)]
+        assert np.mean(ok) == pytest.approx(acc)
     # the engine's evaluation hook writes R3's columns and the rounds grid
     engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", eval_rounds=2)
     engine.log_dir = tmp_path
