@@ -148,17 +148,22 @@ def test_gvu_executor_reward_equals_the_one_pass_reward(pretrained_dir, umm_flag
     assert len(engine.records) == 4
 
 
-def test_judge_reference_scores_with_lora_off_on_the_same_weights(pretrained_dir, umm_flags):
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_judge_reference_scores_with_the_base_weights(pretrained_dir, umm_flags, mode):
+    """LoRA: the same weights with the adapter off; fully fine-tuned: one frozen copy of the base backbone."""
     from types import SimpleNamespace
 
+    umm_flags(judge="reference")
     lora = SimpleNamespace(rank=4, alpha=8, target_modules="all-linear", dropout=0.0)
-    engine = UMMRolloutEngine(
-        str(pretrained_dir), 0, None, lora=_lora_config(SimpleNamespace(ds=SimpleNamespace(lora=lora)))
-    )
-    with torch.no_grad():  # a trained adapter: B != 0
+    lora = _lora_config(SimpleNamespace(ds=SimpleNamespace(lora=lora))) if mode == "lora" else None
+    engine = UMMRolloutEngine(str(pretrained_dir), 0, None, lora=lora)
+    with torch.no_grad():  # a trained policy: the adapter's B != 0, or every weight moved as a sync writes it
         for name, p in engine.params.items():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+            if mode == "full" or "lora_B" in name:
+                p.add_(
+                    torch.randn(p.shape, generator=torch.Generator().manual_seed(0))
+                    * (0.5 if mode == "lora" else 0.05)
+                )
     base = UMM.from_pretrained(pretrained_dir)
     c = torch.arange(base.layout.grid**2) % base.layout.num_codes
     seq = base.chat(c, DESCRIBE) + base.ids(PROMPTS[0])
@@ -168,11 +173,12 @@ def test_judge_reference_scores_with_lora_off_on_the_same_weights(pretrained_dir
     with torch.no_grad():
         direct = torch.log_softmax(base.backbone(torch.tensor([seq])).logits[0, :-1].float(), -1)
     direct = direct.gather(-1, torch.tensor(seq[1:])[:, None]).squeeze(-1)
-    assert torch.allclose(lp(ref), direct, atol=1e-5)  # adapter off = the base model exactly
-    assert (lp(pol) - direct).abs().max() > 1e-2  # adapter on = the policy, not the base
+    assert torch.allclose(lp(ref), direct, atol=1e-5)  # the reference = the base model exactly
+    assert (lp(pol) - direct).abs().max() > 1e-2  # the live weights = the policy, not the base
     n_backbone = sum(p.numel() for p in base.backbone.parameters())
     n_engine = sum(p.numel() for n, p in engine.umm.backbone.named_parameters() if "lora_" not in n)
-    assert n_engine == n_backbone  # one copy of the backbone weights serves both judges
+    assert n_engine == n_backbone and engine.umm.backbone is not engine.reference  # the swap is undone
+    assert (engine.reference is None) == (mode == "lora")  # a second copy only without LoRA
 
 
 def test_engine_evaluation_writes_curve_grid_and_a_loadable_checkpoint(pretrained_dir, umm_flags, tmp_path):

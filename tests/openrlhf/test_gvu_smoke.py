@@ -1,6 +1,7 @@
 """`recipes/gvu.sh --smoke` through the real `python -m openrlhf.cli.train_ppo_ray` (Ray, DeepSpeed on gloo, the UMM
-rollout engine): it completes, logs the reward, and its checkpoints load; the engine's weights after the last sync
-are the actor's (its saved LoRA adapter merged onto the base) to 1e-5 in log-probs."""
+rollout engine), fully fine-tuned (the default) and with `--lora`: it completes, logs the reward, and its checkpoints
+load; the engine's weights after the last sync are the actor's (its saved model, or its LoRA adapter merged onto the
+base) to 1e-5 in log-probs."""
 
 import csv
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from umm_plugin.models.umm import DESCRIBE, UMM
 
@@ -24,16 +26,17 @@ def _run(args, **env):
     )
 
 
-@pytest.fixture(scope="module")
-def smoke(pretrained_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gvu_smoke")
-    run = _run(["bash", "recipes/gvu.sh", "--smoke"], UMM_BASE=str(pretrained_dir), UMM_OUT=str(out))
+@pytest.fixture(scope="module", params=["full", "lora"])
+def smoke(pretrained_dir, tmp_path_factory, request):
+    out = tmp_path_factory.mktemp(f"gvu_smoke_{request.param}")
+    flags = ["--lora"] if request.param == "lora" else []
+    run = _run(["bash", "recipes/gvu.sh", "--smoke", *flags], UMM_BASE=str(pretrained_dir), UMM_OUT=str(out))
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    return out, run.stdout + run.stderr
+    return out, run.stdout + run.stderr, request.param
 
 
 def test_smoke_run_logs_rewards_and_curves(smoke):
-    out, log = smoke
+    out, log, _ = smoke
     steps = [json.loads(line.split("Global step ")[1].split(": ", 1)[1].replace("'", '"')) for line in log.splitlines()
              if "Global step " in line and "gvu_reward" in line]  # fmt: skip
     assert len(steps) == 2
@@ -47,12 +50,17 @@ def test_smoke_run_logs_rewards_and_curves(smoke):
 
 
 def test_smoke_checkpoint_loads_in_eval_and_equals_the_actor(smoke, pretrained_dir):
-    out, _ = smoke
+    out, _, mode = smoke
     run = _run([sys.executable, "-m", "umm_plugin.cli", "eval", "--model", str(out / "policy"), "--n", "10"])
     assert run.returncode == 0, run.stderr[-2000:]
     assert "generation" in run.stdout and "understanding" in run.stdout
     engine = UMM.from_pretrained(out / "policy")
-    actor = PeftModel.from_pretrained(UMM.from_pretrained(pretrained_dir).backbone, out / "actor").merge_and_unload()
+    assert (out / "actor" / "adapter_config.json").is_file() == (mode == "lora")
+    if mode == "lora":
+        actor = PeftModel.from_pretrained(UMM.from_pretrained(pretrained_dir).backbone, out / "actor")
+        actor = actor.merge_and_unload()
+    else:
+        actor = AutoModelForCausalLM.from_pretrained(out / "actor")
     base = UMM.from_pretrained(pretrained_dir).backbone
     seq = torch.tensor(
         [engine.chat(torch.arange(64) % engine.layout.num_codes, DESCRIBE) + engine.ids("a photo of a circle")]

@@ -48,7 +48,7 @@ def test_bad_prompt_file_fails_before_ray_naming_file_and_line(pretrained_dir, t
 
 def test_bad_umm_flags_are_one_line_errors(pretrained_dir, tmp_path):
     run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.judge", "reference")
-    assert run.returncode == 2 and "needs LoRA (--ds.lora.rank > 0)" in run.stderr.splitlines()[-1]
+    assert run.returncode == 2 and "without LoRA needs the UMM engine" in run.stderr.splitlines()[-1]
     run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.include_eos", "maybe")
     assert run.returncode == 2 and "--umm.include_eos: invalid true_or_false value: 'maybe'" in run.stderr
     run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(tmp_path / "nowhere"))

@@ -11,7 +11,8 @@ KV-cache generator, scoring requests (prompt_logprobs) through one teacher-force
 Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary and <EOL>, max_tokens
 = the image's token count; it feeds each row's <EOL> rather than sampling it), text generation (the text vocabulary or
 all of it; EOS and stop_token_ids end it) and scoring only; `generate(..., use_adapter=False)` runs the LoRA-free
-reference weights, which is how `judge=reference` costs no second copy of the backbone. Every `--umm.eval_steps` weight
+reference weights, which is how `judge=reference` costs no second copy of the backbone (fully fine-tuned, without
+LoRA, it keeps one frozen copy). Every `--umm.eval_steps` weight
 syncs it evaluates its current weights (= the actor's) on held-out ShapesWorld prompts (plus the executor's own
 `evaluate`, if it has one) and saves them as a complete UMM directory.
 """
@@ -90,6 +91,11 @@ class UMMRolloutEngine:
             from peft import get_peft_model
 
             self.umm.backbone = get_peft_model(self.umm.backbone, lora).eval()
+        # Full fine-tuning has no adapter to switch off, so judge=reference there keeps one frozen copy of the
+        # backbone (the only case with a second copy; with LoRA the reference is the same weights, adapter off).
+        self.reference = None
+        if lora is None and self.cfg.judge == "reference":
+            self.reference = copy.deepcopy(self.umm.backbone).eval().requires_grad_(False)
         # The actor syncs its diffusion-head policy (--umm.head_rl, patches/0008) under the extension's name.
         self.params = dict(self.umm.backbone.named_parameters())
         self.params |= {f"umm_head.{n}": p for n, p in self.umm.head.named_parameters()}
@@ -134,9 +140,22 @@ class UMMRolloutEngine:
             for r, out in zip(batch, outputs):
                 r.future.set_result(out)
 
+    @contextlib.contextmanager
     def _adapter(self, on: bool):
-        lora = hasattr(self.umm.backbone, "disable_adapter")
-        return self.umm.backbone.disable_adapter() if lora and not on else contextlib.nullcontext()
+        """on: the current weights; off: the reference (LoRA disabled, or the frozen copy when fully fine-tuned)."""
+        if on:
+            yield
+        elif self.reference is not None:
+            live, self.umm.backbone = self.umm.backbone, self.reference
+            try:
+                yield
+            finally:
+                self.umm.backbone = live
+        elif hasattr(self.umm.backbone, "disable_adapter"):
+            with self.umm.backbone.disable_adapter():
+                yield
+        else:
+            raise ValueError("the reference weights were asked for, but the engine has no LoRA and no frozen copy")
 
     def _kind(self, params) -> str:
         """score (prompt_logprobs), image (the image vocabulary, one grid of codes) or text (the text vocabulary)."""

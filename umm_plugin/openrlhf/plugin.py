@@ -29,8 +29,8 @@ class GvUConfig:
     judge: str = field(
         default="policy",
         metadata={
-            "help": "Weights that score: policy (the current LoRA policy, as the authors' code) or reference "
-            "(LoRA off: the base model, no second copy)."
+            "help": "Weights that score: policy (the current policy, as the authors' code) or reference (the base "
+            "model: LoRA off, no second copy; fully fine-tuned, one frozen copy in the UMM engine)."
         },
     )
     include_eos: bool = field(
@@ -150,9 +150,14 @@ def check(parser, args) -> None:
         cfg = GvUConfig(**vars(args.umm))
         SRUMConfig(**vars(args.srum))
         R3Config(**vars(args.r3))
-        if cfg.judge == "reference" and args.ds.lora.rank <= 0:
-            raise ValueError("--umm.judge reference needs LoRA (--ds.lora.rank > 0): the reference is LoRA off")
-        if cfg.head_rl and args.rollout.engine != "umm_plugin.openrlhf.engine:create_engines":
+        ours = args.rollout.engine == "umm_plugin.openrlhf.engine:create_engines"
+        if cfg.judge == "reference" and args.ds.lora.rank <= 0 and not ours:
+            raise ValueError(
+                "--umm.judge reference without LoRA needs the UMM engine (its frozen copy of the base): use LoRA "
+                "(--ds.lora.rank > 0, the reference is the adapter off) or --rollout.engine "
+                "umm_plugin.openrlhf.engine:create_engines"
+            )
+        if cfg.head_rl and not ours:
             # vLLM serves the backbone only: the head's weights would have nowhere to go at a sync.
             raise ValueError("--umm.head_rl needs --rollout.engine umm_plugin.openrlhf.engine:create_engines")
         model_dir = Path(args.actor.model_name_or_path or "")
