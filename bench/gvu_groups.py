@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from umm_plugin.eval import generate_images, roc_auc
+from umm_plugin.eval import CHUNK, generate_images, roc_auc
 from umm_plugin.models.umm import UMM
 from umm_plugin.rewards.gvu import gvu_reward
 from umm_plugin.worlds.evaluator import evaluate
@@ -32,7 +32,6 @@ def main():
     ap.add_argument("--include-eos", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.manual_seed(args.seed)
     model = UMM.from_pretrained(args.model)
     metas = make_prompts(args.prompts, args.split, args.seed)
     prompts = [m["prompt"] for m in metas for _ in range(args.g)]
@@ -40,8 +39,8 @@ def main():
         codes, images = generate_images(model, prompts, seed=args.seed, min_p=args.min_p)
         rewards = torch.cat(
             [
-                gvu_reward(model, codes[i : i + 100], prompts[i : i + 100], bool(args.include_eos))
-                for i in range(0, len(prompts), 100)
+                gvu_reward(model, codes[i : i + CHUNK], prompts[i : i + CHUNK], bool(args.include_eos))
+                for i in range(0, len(prompts), CHUNK)
             ]
         ).numpy()
     ok = np.array([evaluate(img, metas[i // args.g])[0] for i, img in enumerate(images)])
