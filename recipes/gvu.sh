@@ -7,8 +7,9 @@
 # On GPUs drop the CPU flags there (--ds.device, --ds.param_dtype fp32, --vllm.sync_backend gloo, --rollout.engine).
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base dir, pretrained if missing: runs/shapes-weak),
 # UMM_OUT (run dir: runs/gvu, or runs/gvu_smoke with --smoke).
-# Defaults are DESIGN.md's measured ones (ROBUST judge, include_eos on, k3 KL beta 0.03, the whole backbone trained at
-# lr 1e-4); --faithful keeps the authors' settings (include_eos off, codes re-tokenized from pixels) for comparison.
+# Defaults: DESIGN.md's measured ones (ROBUST judge, include_eos on, the whole backbone trained at lr 1e-4) with k3 KL
+# beta 0.1 and OpenRLHF's default cosine lr schedule (to 0.1x at the last step); --faithful keeps the authors' settings
+# (include_eos off, codes re-tokenized from pixels) for comparison.
 # --lora trains LoRA r 8 instead (what a real-size model needs; judge=reference is then the adapter switched off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,12 @@ STEPS=300
 # accuracy .050 -> .100 (n 400) and .057 -> .090 (n 2000); lr 5e-5 only .057 -> .067 (bench/RESULTS.md, session 13).
 LR=1e-4
 LORA_RANK=0
+# beta 0.1 (authors: 0.03) and the cosine tail: at 0.03 with a constant lr the fully fine-tuned policy passed KL .3 by
+# step ~175 and began to hack the reward (extra objects, falling own-caption accuracy); it ended at +15 % in one run of
+# two. With both, KL stayed under .1 and accuracy rose to the end (.050 -> .1025; .057 -> .112 at n 2000; session 14).
+KL_BETA=0.1
+LR_SCHEDULER=cosine_with_min_lr
+MIN_LR_RATIO=0.1
 UMM_FLAGS=(--umm.include_eos true --umm.reencode false)
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -1,8 +1,9 @@
 # Sourced by the RL recipes: `ppo_cpu AGENT_MODULE ESTIMATOR [extra train_ppo_ray flags]` runs OpenRLHF's real
 # train_ppo_ray on CPU (Ray + DeepSpeed on gloo, the plugin's UMM rollout engine) on the ShapesWorld base.
 # Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N, LR (default 2e-4), LORA_RANK (default 8: LoRA r 8 α 32
-# on every linear layer; 0: full fine-tuning) and PRETRAIN_FLAGS from the recipe; pretrains the weak base (with
-# PRETRAIN_FLAGS) if missing.
+# on every linear layer; 0: full fine-tuning), KL_BETA (k3 KL loss coefficient, default the authors' 0.03),
+# LR_SCHEDULER and MIN_LR_RATIO (default constant lr) and PRETRAIN_FLAGS from the recipe; pretrains the weak base
+# (with PRETRAIN_FLAGS) if missing.
 # On GPUs drop --ds.device, --ds.param_dtype fp32, --vllm.sync_backend gloo and --rollout.engine to roll out on vLLM.
 # Rollouts sample images at plain T 1 (--umm.min_p 0): under the authors' min-p 0.03 the ShapesWorld weak base
 # draws almost nothing (held-out accuracy .000, 1.13 objects an image); pass `--umm.min_p 0.03` for their sampler.
@@ -33,9 +34,10 @@ ppo_cpu() {
     --rollout.batch_size $PROMPTS --rollout.n_samples_per_prompt $G --rollout.micro_batch_size $((PROMPTS * G)) \
     --train.batch_size $((PROMPTS * G)) --train.micro_batch_size $((PROMPTS * G)) --train.max_epochs 1 \
     --train.num_episodes 1 --data.max_samples $((STEPS * PROMPTS)) \
-    --algo.advantage.estimator "$estimator" --algo.kl.use_loss --algo.kl.estimator k3 --algo.kl.init_coef 0.03 \
-    --rollout.temperature 1.0 --actor.adam.lr "${LR:-2e-4}" --actor.lr_warmup_ratio 0 --actor.min_lr_ratio 1 \
-    --actor.lr_scheduler constant_with_warmup \
+    --algo.advantage.estimator "$estimator" --algo.kl.use_loss --algo.kl.estimator k3 \
+    --algo.kl.init_coef "${KL_BETA:-0.03}" \
+    --rollout.temperature 1.0 --actor.adam.lr "${LR:-2e-4}" --actor.lr_warmup_ratio 0 \
+    --actor.lr_scheduler "${LR_SCHEDULER:-constant_with_warmup}" --actor.min_lr_ratio "${MIN_LR_RATIO:-1}" \
     --ds.lora.rank "${LORA_RANK:-8}" --ds.lora.alpha 32 \
     --ds.lora.target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj \
     --umm.judge policy --umm.min_p 0 --umm.threads 2 \
