@@ -25,7 +25,7 @@ LR=1e-4
 LORA_RANK=0
 # beta 0.1 (authors: 0.03) and the cosine tail: at 0.03 with a constant lr the fully fine-tuned policy passed KL .3 by
 # step ~175 and began to hack the reward (extra objects, falling own-caption accuracy); it ended at +15 % in one run of
-# two. With both, KL stayed under .1 and accuracy rose to the end (.050 -> .1025; .057 -> .112 at n 2000; session 14).
+# two. With both, KL stayed under .15 and accuracy rose to the end in both runs (.050 -> .1025 / .0925; session 14).
 KL_BETA=0.1
 LR_SCHEDULER=cosine_with_min_lr
 MIN_LR_RATIO=0.1
