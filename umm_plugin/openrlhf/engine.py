@@ -11,10 +11,9 @@ KV-cache generator, scoring requests (prompt_logprobs) through one teacher-force
 Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary and <EOL>, max_tokens
 = the image's token count; it feeds each row's <EOL> rather than sampling it), text generation (the text vocabulary or
 all of it; EOS and stop_token_ids end it) and scoring only; `generate(..., use_adapter=False)` runs the LoRA-free
-reference weights, which is how `judge=reference` costs no second copy of the backbone (fully fine-tuned, without
-LoRA, it keeps one frozen copy). Every `--umm.eval_steps` weight
-syncs it evaluates its current weights (= the actor's) on held-out ShapesWorld prompts (plus the executor's own
-`evaluate`, if it has one) and saves them as a complete UMM directory.
+reference weights: with LoRA the adapter switched off (no second copy of the backbone), fully fine-tuned one frozen
+copy. Every `--umm.eval_steps` weight syncs it evaluates its current weights (= the actor's) on held-out ShapesWorld
+prompts (plus the executor's own `evaluate`, if it has one) and saves them as a complete UMM directory.
 """
 
 import asyncio
