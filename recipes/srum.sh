@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # SRUM (global + local self-reward) on the ShapesWorld weak base.
 #
-#   bash recipes/srum.sh [--offline] [--smoke] [--steps N] [-- extra flags]
+#   bash recipes/srum.sh [--offline] [--smoke] [--lora] [--steps N] [-- extra flags]
 #
 # --offline: the authors' method, `umm-plugin srum` (self-judged reward maps, then a reward-weighted fine-tune on
 #   OpenRLHF's DeepSpeed strategy); extra flags go to it (see `umm-plugin srum --help`).
 # default (online, beyond the paper): OpenRLHF's real train_ppo_ray with the SRUM executor, the map pooled onto the
 #   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
 #   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
+# Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.1 and a cosine lr tail to 0.1x, GvU's defaults
+# (--lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15). LoRA ended below its base
+# (weak23x .053 -> .027 at lr 2e-4, .043 at 1e-4); the whole backbone raised weak28 .050 -> .080 on 400 held-out
+# prompts and .057 -> .070 on 2000, position .025 -> .065, attribute binding .010 -> 0 (bench/RESULTS.md, session 15).
 # Both judge with `caption` scores by default (the tiny base's yes/no answers only see counts; bench/RESULTS.md).
 # Both sample images at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or
 # `--umm.min_p 0.03` (online) restores the authors' sampler.
@@ -20,13 +24,19 @@ BASE=${UMM_BASE:-runs/shapes-weak}
 SMOKE=0
 OFFLINE=0
 STEPS=200
+LR=1e-4
+LORA_RANK=0
+KL_BETA=0.1
+LR_SCHEDULER=cosine_with_min_lr
+MIN_LR_RATIO=0.1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
     --offline) OFFLINE=1; shift ;;
+    --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --steps) STEPS=$2; shift 2 ;;
     --) shift; break ;;
-    *) echo "srum.sh: unknown option $1 (use --offline, --smoke, --steps N, -- extra flags)" >&2; exit 2 ;;
+    *) echo "srum.sh: unknown option $1 (use --offline, --smoke, --lora, --steps N, -- extra flags)" >&2; exit 2 ;;
   esac
 done
 NAME=srum
