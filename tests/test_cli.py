@@ -76,3 +76,12 @@ def test_bad_input_is_one_line_not_a_stack_trace(pretrained_dir, tmp_path, args,
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and msg in lines[0], r.stderr
+
+
+def test_prompts_cycle_through_the_chosen_categories_only(tmp_path):
+    out = tmp_path / "p.jsonl"
+    main(["shapes", "prompts", "--n", "6", "--tags", "position,color_attr", "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["tag"] for r in rows] == ["position", "color_attr"] * 3
+    r = cli("shapes", "prompts", "--tags", "position,colour", "--out", str(out))
+    assert r.returncode == 2 and "unknown categories colour; use any of single_object" in r.stderr

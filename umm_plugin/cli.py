@@ -31,9 +31,20 @@ def _dataclass_value(cls, args):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def _tags(text: str) -> tuple[str, ...]:
+    from umm_plugin.worlds.grammar import TAGS
+
+    tags = tuple(text.split(","))
+    unknown = [t for t in tags if t not in TAGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown categories {', '.join(unknown)}; use any of {', '.join(TAGS)}")
+    return tags
+
+
 def build_parser():
     from umm_plugin.models.pretrain import PretrainConfig
     from umm_plugin.openrlhf.srum import SRUMOfflineConfig
+    from umm_plugin.worlds.grammar import TAGS
 
     p = argparse.ArgumentParser(prog="umm-plugin", description="Self-rewarding RL for unified multimodal models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -52,6 +63,7 @@ def build_parser():
     prm.add_argument("--split", choices=("train", "eval"), default="train")
     prm.add_argument("--n", type=int, default=1000, help="Prompts, cycling through the categories.")
     prm.add_argument("--seed", type=int, default=0)
+    prm.add_argument("--tags", type=_tags, default=TAGS, help="Comma-separated categories to cycle through (all).")
     prm.add_argument("--out", required=True)
 
     gen = sub.add_parser("generate", help="Sample images for a prompt into a PNG grid.")
@@ -133,7 +145,7 @@ def run(args) -> None:
     elif args.cmd == "shapes" and args.shapes_cmd == "prompts":
         from umm_plugin.worlds.grammar import make_prompts, save_prompts
 
-        save_prompts(args.out, make_prompts(args.n, args.split, args.seed))
+        save_prompts(args.out, make_prompts(args.n, args.split, args.seed, args.tags))
         print(f"wrote {args.out} ({args.n} {args.split} prompts)")
     elif args.cmd == "generate":
         from umm_plugin.eval import generate_images, save_grid

@@ -202,6 +202,8 @@ def format_report(r: dict) -> str:
             + f"; stopped {r3['stopped']:.3f}; plans well-formed {r3['plan_format']:.3f}",
             f"  first reflection says 'no further edit' on {r3['first_stop_when_right']:.3f} of right images, "
             f"{r3['first_stop_when_wrong']:.3f} of wrong ones",
+            f"  edits over all rounds: {r3['right_broken']} of {r3['edits_of_right']} of right images broke them, "
+            f"{r3['wrong_fixed']} of {r3['edits_of_wrong']} of wrong ones fixed them",
         ]
     return "\n".join(lines)
 
@@ -214,7 +216,8 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
     "no further edit needed" (then that prompt stops for good), refines it in the same conversation. Returns
     accuracy after rounds 0..rounds, reflection accuracy per round (over the prompts still going: stop == correct),
     the first reflection's stop rate on right and on wrong first images, the share stopped, the plans' format rate,
-    and for the first `keep` prompts the texts and images of each round.
+    how many edits (over all rounds) were of right images and broke them, of wrong ones and fixed them, and for the
+    first `keep` prompts the texts and images of each round.
     """
     bb, lay, tok = model.backbone, model.layout, model.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
@@ -238,6 +241,7 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
     # Copies: a refine writes its images into `images` in place, which would rewrite every earlier round's view.
     record = [{"prompt": p, "texts": [words(q)], "images": [img.copy()]} for p, q, img in zip(prompts, plans, images)]
     accuracy, reflection, active = [float(ok.mean())], [], np.ones(len(metas), dtype=bool)
+    edits = {"edits_of_right": 0, "right_broken": 0, "edits_of_wrong": 0, "wrong_fixed": 0}  # over all rounds
     first = {"right": float("nan"), "wrong": float("nan")}  # the first reflection's stop rates (none if rounds == 0)
     for _ in range(rounds):
         idx = np.flatnonzero(active)
@@ -260,7 +264,12 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
         if len(rows):
             new_codes, new_images = images_after(rows)
             codes[edited], images[edited] = new_codes, new_images
+            was = ok[edited].copy()
             ok[edited] = [evaluate(images[i], metas[i])[0] for i in edited]
+            edits["edits_of_right"] += int(was.sum())
+            edits["right_broken"] += int((was & ~ok[edited]).sum())
+            edits["edits_of_wrong"] += int((~was).sum())
+            edits["wrong_fixed"] += int((~was & ok[edited]).sum())
         for j, i in enumerate(idx):
             if i < keep:
                 record[i]["texts"].append(words(answers[j]))
@@ -273,6 +282,7 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
         "first_stop_when_right": first["right"],
         "first_stop_when_wrong": first["wrong"],
         "plan_format": float(np.mean([format_reward(words(p)) for p in plans])),
+        **edits,
         "record": record[:keep],
     }
 

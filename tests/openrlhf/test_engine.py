@@ -209,13 +209,15 @@ def test_non_finite_reward_is_an_error_naming_the_prompt(pretrained_dir, umm_fla
         asyncio.run(engine.generate_responses(PROMPTS[0], "single_object", params, 2048, None, num_samples=2))
 
 
-@pytest.mark.parametrize("scorer", ["prob", "caption"])
-def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monkeypatch, scorer):
+@pytest.mark.parametrize("scorer, recipe", [("prob", False), ("caption", True)])
+def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monkeypatch, scorer, recipe):
     import umm_plugin.openrlhf.srum_agent as srum_agent
     from umm_plugin.algos.srum import pool_to_grid
     from umm_plugin.rewards.srum import reward_map, self_judge
 
-    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({"srum.scorer": scorer, "srum.k": 3}))
+    # recipe: the online recipe's map (assigned regions, local min, background by the share of objects found)
+    flags = {"srum.scorer": scorer, "srum.k": 3, "srum.assign": recipe, "srum.local_min": recipe}
+    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({**flags, "srum.missing": recipe}))
     engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=srum_agent.__file__)
     params = SamplingParams(temperature=1.0, max_tokens=None)
     prompt = "a photo of a red circle to the left of a blue square"
@@ -224,11 +226,12 @@ def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monk
     n_prompt = len(umm.generation_prompt(prompt))
     codes = torch.stack([umm.layout.codes(r["observation_tokens"][n_prompt:]) for r in results])
     images = umm.vq.decode(codes)
-    boxes, local, g = self_judge(umm, images, [prompt] * 3, k=3, scorer=scorer)
-    maps = torch.stack([reward_map(b, s, gi, 32) for b, s, gi in zip(boxes, local, g.tolist())])
-    for r, cells, m in zip(results, pool_to_grid(maps, umm.layout.grid), maps):
+    boxes, local, g, found = self_judge(umm, images, [prompt] * 3, k=3, scorer=scorer, assign=recipe)
+    maps = torch.stack([reward_map(*a, 32, recipe, f) for a, f in zip(zip(boxes, local, g.tolist()), found.tolist())])
+    for r, cells, m, f in zip(results, pool_to_grid(maps, umm.layout.grid), maps, found.tolist()):
         assert r["token_rewards"][:n_prompt] == [0.0] * n_prompt
         want = torch.tensor(umm.layout.spread(cells.tolist()))  # a cell's value on its code, 0 on each <EOL>
         assert torch.allclose(torch.tensor(r["token_rewards"][n_prompt:]), want, atol=1e-5)
         assert r["reward"] == pytest.approx(m.mean().item(), abs=1e-5)
+        assert r["extra_logs"]["srum_found"] == pytest.approx(f)
         assert {"srum_global", "srum_map_mean", "shapes_accuracy"} <= set(r["extra_logs"])

@@ -62,3 +62,5 @@ def test_bad_srum_flags_are_one_line_errors(pretrained_dir, tmp_path):
     assert run.returncode == 2 and "srum per 'diagonal': use one of position, sample" in run.stderr.splitlines()[-1]
     run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--srum.k", "0")
     assert run.returncode == 2 and "srum k 0 must be at least 1" in run.stderr.splitlines()[-1]
+    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--srum.missing", "true")
+    assert run.returncode == 2 and "srum missing needs assign" in run.stderr.splitlines()[-1]

@@ -80,6 +80,20 @@ def test_binary_score_is_one_exactly_when_the_whole_checklist_holds(pretrained_d
         assert out["reward"] == float(checklist_score(meta, detect(pixels).objects) == 1)
 
 
+def test_staged_score_is_the_share_in_stage1_and_the_verdict_after(pretrained_dir, monkeypatch):
+    engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", score="staged")
+    umm, meta = engine.umm, parse_prompt(PROMPT).meta()
+    results = _call(engine, PROMPT, n=8)
+    shares = [checklist_score(meta, detect(_image(umm, out, out["action_ranges"][1])[1]).objects) for out in results]
+    assert [out["reward"] for out in results] == pytest.approx(shares)
+    assert any(0 < v < 1 for v in shares)  # partial credit happened, so the two scores differ here
+    engine.syncs = 1
+    assert engine.executor.stage(engine) == 2
+    assert [e["v"] for e in engine.executor.buffer.entries] == [float(v == 1) for v in shares]
+    for out in _call(engine, PROMPT, n=4):  # stage 2 judges edits with the verdict
+        assert out["reward"] in (0.0, 1.0) and out["extra_logs"]["r3_v_prev"] in (0.0, 1.0)
+
+
 def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_dir, monkeypatch):
     engine = _engine(pretrained_dir, monkeypatch, judge="evaluator", score="checklist", stop_penalty=0.5)
     umm = engine.umm
@@ -163,6 +177,10 @@ def test_r3_rounds_stop_and_refine_as_the_model_answers(pretrained_dir, tmp_path
     parts = [acc0 * right if acc0 > 0 else 0.0, (1 - acc0) * (1 - wrong) if acc0 < 1 else 0.0]
     assert r["reflection_accuracy_by_round"][0] == pytest.approx(sum(parts))
     assert np.isnan(right) == (acc0 == 0) and np.isnan(wrong) == (acc0 == 1)
+    # every change of accuracy after round 0 is a fixed wrong image or a broken right one
+    assert r["wrong_fixed"] - r["right_broken"] == round((r["accuracy_by_round"][-1] - acc0) * len(metas))
+    assert r["right_broken"] <= r["edits_of_right"] and r["wrong_fixed"] <= r["edits_of_wrong"]
+    assert r["edits_of_right"] + r["edits_of_wrong"] > 0
     assert len(r["record"]) == 3 and all(len(x["images"]) == len(x["texts"]) for x in r["record"])
     # the record keeps each round's image, not a view that a later refine overwrites: its round-0 images are those
     # of a run without reflection (same seed), and evaluated round by round they give the accuracies

@@ -42,9 +42,24 @@ def test_reward_map_matches_hand_computed_example(local_min, g, factor):
     torch.testing.assert_close(m, expected(local_min) * factor, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("local_min", [False, True])
+def test_missing_objects_lower_the_background_only(local_min):
+    # found = 1/2 (one of two asked objects claimed a region): the background is .25, every box keeps its score;
+    # C (s = 0 -> .5) is now above the background under either clamp
+    want = torch.full((8, 8), 0.25)
+    want[0:4, 0:4] = 0.8
+    if local_min:
+        want[2:6, 2:6] = 0.25
+    want[6:8, 6:8] = 0.5
+    torch.testing.assert_close(reward_map(BOXES, LOCAL, 1.0, 8, local_min, found=0.5), want, rtol=0, atol=1e-7)
+    torch.testing.assert_close(reward_map(BOXES, LOCAL, 0.0, 8, local_min, found=0.5), want / 2, rtol=0, atol=1e-7)
+
+
 def test_reward_map_checks_its_inputs():
     with pytest.raises(ValueError, match="3 boxes but 2 local scores"):
         reward_map(BOXES, LOCAL[:2], 0.0, 8)
+    with pytest.raises(ValueError, match="found 1.5"):
+        reward_map(BOXES, LOCAL, 0.0, 8, found=1.5)
 
 
 def test_proposer_finds_every_ground_truth_object_without_the_scene():
@@ -97,13 +112,18 @@ def test_assigned_regions_claim_no_more_copies_than_the_prompt_asks_for():
             owners.append((0, b, j))
             values.append(v)
     boxes = [[(0, 0, 1, 1)] * 4]
-    best, g = collect_scores(boxes, owners, values)
+    best, g, found = collect_scores(boxes, owners, values)
     torch.testing.assert_close(best[0], torch.tensor([0.9, 0.8, 0.7, 0.65]))  # the authors': every best match
-    assigned, g2 = collect_scores(boxes, owners, values, [list(object_counts(prompt).values())])
+    assigned, g2, found2 = collect_scores(boxes, owners, values, [list(object_counts(prompt).values())])
     # .9 takes the circle (region 0); .8 wants the circle too, which is taken; .7 and .65 take both squares; region
     # 1's square answer (.3) comes after both squares are gone, so it is left over: -1
     torch.testing.assert_close(assigned[0], torch.tensor([0.9, -1.0, 0.7, 0.65]))
     assert g.item() == g2.item() == pytest.approx(0.1)
+    assert found.item() == found2.item() == 1.0  # every asked object (circle, two squares) claimed a region
+    # regions 0 and 1 only: .9 takes the circle, region 1 falls back to a square (.3): 2 of the 3 asked are found
+    few_local, _, few = collect_scores([boxes[0][:2]], owners[:5], values[:5], [list(object_counts(prompt).values())])
+    torch.testing.assert_close(few_local[0], torch.tensor([0.9, 0.3]))
+    assert few.item() == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +159,8 @@ def test_self_judge_scores_every_box_and_the_layout(tiny_umm):
     metas = make_prompts(4, "train", 3)
     images = np.stack([render(sample_scene(x, rng)) for x in metas])
     prompts = [x["prompt"] for x in metas]
-    boxes, local, g = self_judge(m, images, prompts, k=3)
+    boxes, local, g, found = self_judge(m, images, prompts, k=3)
+    assert found.tolist() == [1.0] * 4  # without assign nothing is counted missing
     assert [len(b) for b in boxes] == [min(3, len(components_proposer(i, 10))) for i in images]
     assert [len(s) for s in local] == [len(b) for b in boxes]
     assert g.shape == (4,) and bool((g.abs() <= 1).all())

@@ -3,13 +3,14 @@ round-wise evaluation).
 
 Differences from the authors' code, each a switch: the judge may be the policy itself (`self`, what makes R3
 self-rewarding) or ShapesWorld's exact checker (`evaluator`) instead of an external VLM (`openai`); V may be the
-checklist's share (`score checklist`) instead of the authors' 0/1 verdict; a stop on an imperfect root may cost C =
--stop_penalty instead of the authors' 0 (`stop_penalty`); the buffer may draw imperfect roots by
-their group's reward spread (`weighting spread`). As in the authors' code, stage 2 draws from the last stage-1
-step's results only. Unlike it, a member that stops keeps V_prev instead of a second verdict on the same image (the
-judges here are deterministic), and a judge that fails is an error, not V = 0. The diffusion head is trained beside
-the backbone with `--umm.head_rl` (`head_policy.py`; recipes/r3.sh turns it on); in this X-Omni layout the AR tokens
-fix the picture and the head only renders them, so on ShapesWorld it can add noise but not fix a layout.
+checklist's share (`score checklist`, or in stage 1 only: `score staged`) instead of the authors' 0/1 verdict; a
+stop on an imperfect root may cost C = -stop_penalty instead of the authors' 0 (`stop_penalty`); the buffer may draw
+imperfect roots by their group's reward spread (`weighting spread`). As in the authors' code, stage 2 draws from the
+last stage-1 step's results only. Unlike it, a member that stops keeps V_prev instead of a second verdict on the same
+image (the judges here are deterministic), and a judge that fails is an error, not V = 0. The diffusion head is
+trained beside the backbone with `--umm.head_rl` (`head_policy.py`; recipes/r3.sh turns it on); in this X-Omni
+layout the AR tokens fix the picture and the head only renders them, so on ShapesWorld it can add noise but not fix
+a layout.
 """
 
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ class R3Config:
         default="binary",
         metadata={
             "help": "binary: V = 1 when the judge finds the whole prompt satisfied, else 0 (the authors' GenEval "
-            "judge answers correct 0/1); checklist: V = the share of the prompt's checklist that holds."
+            "judge answers correct 0/1); checklist: V = the share of the prompt's checklist that holds; staged: "
+            "the share in stage 1 (partial credit: more of its groups vary), the verdict in stage 2 and the buffer "
+            "(the stop reward and the perfect-root pool need one)."
         },
     )
     w: float = field(
@@ -70,8 +73,8 @@ class R3Config:
     def __post_init__(self):
         if self.judge not in JUDGES:
             raise ValueError(f"--r3.judge {self.judge!r}: use one of {', '.join(JUDGES)}")
-        if self.score not in ("binary", "checklist"):
-            raise ValueError(f"--r3.score {self.score!r}: use binary or checklist")
+        if self.score not in ("binary", "checklist", "staged"):
+            raise ValueError(f"--r3.score {self.score!r}: use binary, checklist or staged")
         if self.weighting not in ("uniform", "spread"):
             raise ValueError(f"--r3.weighting {self.weighting!r}: use uniform or spread")
         if not 0 <= self.p_perfect <= 1:

@@ -5,9 +5,9 @@ Tree RL with the host's one-execute-one-experience, contiguous-group loop: a ste
 parity of the engine's weight syncs (even: stage 1; odd: stage 2, once the buffer holds a stage-1 result). vLLM's
 actor keeps no sync count, so there every step is stage 1 until it exposes one (not run here: no GPU).
 - Stage 1, per sample: the model writes a plan (text up to `</think>`, or `<SOM>` if it skips planning), then the
-  image tokens; V = the judge's verdict (0/1, or the checklist's share with `--r3.score checklist`), F = the plan's
-  format; R = V F + w F. The step's groups replace the `TreeBuffer`'s contents (as groups: the spread weighting
-  needs them) when the next stage-2 step starts.
+  image tokens; V = the judge's verdict (0/1, or the checklist's share with `--r3.score checklist` or `staged`),
+  F = the plan's format; R = V F + w F. The step's groups replace the `TreeBuffer`'s contents (as groups: the spread
+  weighting needs them) when the next stage-2 step starts; with `staged` the buffer keeps the verdict, V == 1.
 - Stage 2, per group: the G samples of one host call (one `generate_responses`, i.e. one sampling-params object)
   share one root drawn from the buffer, so the host's prompt is replaced by the root's. Each reflects on the root
   image (`<think> what it sees </think>` then "no further edit needed" or an edit) and, unless it stopped, refines
@@ -93,13 +93,13 @@ class AgentExecutor(UMMExecutor):
         ids = ctx + plan + umm.after_plan(plan)  # a `<SOM>` the model wrote stays part of its plan action
         tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
         pixels, head = self.render(llm_engine, sampling_params, codes)
-        v = await self.judge(llm_engine, sampling_params, prompt, codes, pixels)
+        v = await self.judge(llm_engine, sampling_params, prompt, codes, pixels, partial=self.r3.score != "binary")
         f = format_reward(" ".join(tok.convert_ids_to_tokens([t for t in plan if t != som])))
         r = float(stage1_rewards(torch.tensor(v), torch.tensor(f), self.r3.w))
 
         key = id(sampling_params)
         _, _, vs, states = self.groups.setdefault(key, (sampling_params, prompt, [], []))
-        vs.append(v)
+        vs.append(float(v == 1) if self.r3.score == "staged" else v)
         states.append({"codes": codes})
         observation = ids + tokens
         actions = [(len(ctx), len(ctx) + len(plan)), (len(ids), len(observation))]
@@ -130,7 +130,7 @@ class AgentExecutor(UMMExecutor):
             ids = observation + end + umm.refine_turn(instruction)
             tokens, new = await self.generate_codes(llm_engine, sampling_params, ids)
             pixels, head = self.render(llm_engine, sampling_params, new, edit=True)
-            v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels)
+            v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels, self.r3.score == "checklist")
             actions.append((len(ids), len(ids) + len(tokens)))
             observation = ids + tokens
         c = correction(torch.tensor([v_new]), torch.tensor([v_prev]), [text], self.r3.stop_penalty)
@@ -168,9 +168,10 @@ class AgentExecutor(UMMExecutor):
         out |= {f"r3_first_stop_when_{w}": r[f"first_stop_when_{w}"] for w in ("right", "wrong")}
         return out | {"r3_stopped": r["stopped"], "r3_plan_format": r["plan_format"]}
 
-    async def judge(self, llm_engine, sampling_params, prompt, codes, pixels) -> float:
-        """V in [0, 1] for an image of `prompt`; never a silent 0 (an unreachable openai judge is an error). With
-        --umm.head_rl the image is the head's render, which the self judge sees re-tokenized."""
+    async def judge(self, llm_engine, sampling_params, prompt, codes, pixels, partial: bool) -> float:
+        """V in [0, 1] for an image of `prompt`: the checklist's share if `partial`, else 1 exactly when it all
+        holds; never a silent 0 (an unreachable openai judge is an error). With --umm.head_rl the image is the head's
+        render, which the self judge sees re-tokenized."""
         if self.cfg.head_rl:
             codes = self.model(llm_engine).vq.encode(pixels[None])[0]
         if self.r3.judge == "openai":
@@ -181,7 +182,7 @@ class AgentExecutor(UMMExecutor):
             v = await self.self_judge(llm_engine, sampling_params, prompt, codes)
         if not math.isfinite(v) or not 0 <= v <= 1:
             raise ValueError(f"R3 judge {self.r3.judge} gave V = {v} for prompt {prompt!r}: it must lie in [0, 1]")
-        return float(v == 1) if self.r3.score == "binary" else v
+        return v if partial else float(v == 1)
 
     async def self_judge(self, llm_engine, sampling_params, prompt, codes) -> float:
         """The model's own understanding: its greedy caption names the objects; for a relation, p(yes) > p(no) to

@@ -49,6 +49,13 @@ class SRUMConfig:
             "(authors: every region scores its best match, false)."
         },
     )
+    missing: bool = field(
+        default=False,
+        metadata={
+            "help": "With assign: the background scores 0.5 x the share of the prompt's objects that claimed a "
+            "region, so leaving an object out costs where it could have been drawn (authors: 0.5, false)."
+        },
+    )
     lam: float = field(default=0.5, metadata={"help": "Weight of the unweighted reference term (authors: 0.5)."})
     per: str = field(
         default="position",
@@ -62,6 +69,8 @@ class SRUMConfig:
                 raise ValueError(f"srum {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.k < 1:
             raise ValueError(f"srum k {self.k} must be at least 1")
+        if self.missing and not self.assign:
+            raise ValueError("srum missing needs assign: only assigned regions say which prompt objects were drawn")
         if self.lam < 0 or self.eps <= 0:
             raise ValueError(f"srum lam {self.lam} must be >= 0 and eps {self.eps} > 0")
 
@@ -105,9 +114,12 @@ def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, min_p: flo
     from umm_plugin.rewards.srum import reward_map, self_judge
 
     codes, images = generate_images(model, prompts, seed=int(torch.randint(1 << 30, (1,), generator=gen)), min_p=min_p)
-    boxes, local, g = self_judge(model, images, prompts, cfg.k, cfg.scorer, assign=cfg.assign)
+    boxes, local, g, found = self_judge(model, images, prompts, cfg.k, cfg.scorer, assign=cfg.assign)
+    found = found if cfg.missing else torch.ones_like(found)
     size = images.shape[1]
-    maps = torch.stack([reward_map(b, s, gi, size, cfg.local_min) for b, s, gi in zip(boxes, local, g.tolist())])
+    maps = torch.stack(
+        [reward_map(b, s, gi, size, cfg.local_min, f) for b, s, gi, f in zip(boxes, local, g.tolist(), found.tolist())]
+    )
     return {"prompts": prompts, "codes": codes, "images": images, "maps": maps, "global": g, "boxes": boxes}
 
 

@@ -78,11 +78,13 @@ class AgentExecutor(UMMExecutor):
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
         capacity = [list(object_counts(prompt).values())] if self.srum.assign else None
-        local, g = collect_scores(boxes, owners, values, capacity)
-        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min)
+        local, g, found = collect_scores(boxes, owners, values, capacity)
+        found = found.item() if self.srum.missing else 1.0
+        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min, found)
         cells = pool_to_grid(m[None], lay.grid)[0]
 
         logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
+        logs["srum_found"] = found
         token_rewards = [0.0] * len(ids) + lay.spread(cells.tolist())
         reward = m.mean().item()  # logged; the estimator reads token_rewards
         actions = [(len(ids), len(ids) + len(tokens))]

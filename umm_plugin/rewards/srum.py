@@ -60,11 +60,17 @@ def components_proposer(image: np.ndarray, k: int = 5, threshold: int = 40, min_
     return [box for _, box in found[:k]]
 
 
-def reward_map(boxes: list[Box], local: torch.Tensor, g: float, size: int, local_min: bool = False) -> torch.Tensor:
-    """[size, size] map from boxes, their scores s in [-1, 1] and the global score g in [-1, 1]."""
+def reward_map(
+    boxes: list[Box], local: torch.Tensor, g: float, size: int, local_min: bool = False, found: float = 1.0
+) -> torch.Tensor:
+    """[size, size] map from boxes, their scores s in [-1, 1] and the global score g in [-1, 1]. The background
+    is 0.5 * found, `found` being the share of the prompt's objects that claimed a region (`collect_scores`): 1 is
+    the authors' map."""
     if len(boxes) != len(local):
         raise ValueError(f"{len(boxes)} boxes but {len(local)} local scores")
-    m = torch.full((size, size), 0.5)
+    if not 0 <= found <= 1:
+        raise ValueError(f"found {found} must lie in [0, 1]")
+    m = torch.full((size, size), 0.5 * found)
     if local_min:
         boxed = torch.full((size, size), float("inf"))
         for (x0, y0, x1, y1), s in zip(boxes, local.tolist()):
@@ -184,11 +190,13 @@ def judge_questions(model, images: np.ndarray, prompts: list[str], k: int = 5, p
 
 
 def collect_scores(boxes, owners, values, capacity=None):
-    """Answers to `judge_questions` -> (local scores per image, global scores [N]). A region's score is its best
-    over the prompt's objects; with `capacity` (per image, how many regions each prompt object may claim:
-    `object_counts`) regions are assigned to objects greedily, best score first, and a region left over scores -1."""
+    """Answers to `judge_questions` -> (local scores per image, global scores [N], found [N]). A region's score is
+    its best over the prompt's objects; with `capacity` (per image, how many regions each prompt object may claim:
+    `object_counts`) regions are assigned to objects greedily, best score first, a region left over scores -1, and
+    found is the share of the asked objects that claimed a region (else 1)."""
     local = [torch.full((len(b),), -1.0) for b in boxes]
     glob = torch.zeros(len(boxes))
+    found = torch.ones(len(boxes))
     pairs = []
     for (i, b, j), v in zip(owners, values, strict=True):
         if b < 0:
@@ -198,27 +206,29 @@ def collect_scores(boxes, owners, values, capacity=None):
     if capacity is None:
         for v, i, b, _ in pairs:
             local[i][b] = max(local[i][b].item(), v)
-        return local, glob
+        return local, glob, found
     left, taken = [list(c) for c in capacity], set()
     for v, i, b, j in sorted(pairs, key=lambda p: -p[0]):
         if (i, b) not in taken and left[i][j] > 0:
             local[i][b], left[i][j] = v, left[i][j] - 1
             taken.add((i, b))
-    return local, glob
+    for i, c in enumerate(capacity):
+        found[i] = 1 - sum(left[i]) / max(sum(c), 1)
+    return local, glob, found
 
 
 def self_judge(
     model, images: np.ndarray, prompts: list[str], k: int = 5, scorer: str = "prob", proposer=None, assign=False
 ):
     """The model's own SRUM scores for its images [N, H, W, 3]: (boxes per image, local scores per image [n_boxes],
-    global scores [N]). Every question of the batch is asked in one go; `assign` as in `collect_scores`."""
+    global scores [N], found [N]). Every question of the batch is asked in one go; `assign` as in `collect_scores`."""
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
     boxes, codes, questions, owners = judge_questions(model, images, prompts, k, proposer)
     score = SCORERS[scorer]
     capacity = [list(object_counts(p).values()) for p in prompts] if assign else None
-    local, glob = collect_scores(boxes, owners, score(model, codes, questions).tolist(), capacity)
-    return boxes, local, glob
+    local, glob, found = collect_scores(boxes, owners, score(model, codes, questions).tolist(), capacity)
+    return boxes, local, glob, found
 
 
 SCORERS = {"prob": yes_no_scores, "caption": caption_scores, "text": text_scores}
