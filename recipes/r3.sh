@@ -36,15 +36,15 @@ MIN_LR_RATIO=0.1
 # Stage 2 scores the stop decision symmetrically (ours): a wrong stop costs C = -1 as a right one earns +1, and half
 # the roots are perfect. The authors' C (0 for a wrong stop, P(perfect) .15) taught the weak base always to stop; this,
 # with the self judge, taught its reflection to follow its own listing of the image (with the evaluator judge: to edit
-# almost always; bench/RESULTS.md, session 12). Stage 1 scores the checklist's share (`staged`, ours: partial credit
-# gives more of its groups a spread); stage 2 and the root pool keep the 0/1 verdict. --faithful: the authors'.
-R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.5 --r3.score staged)
+# almost always; bench/RESULTS.md, session 12). V is the authors' 0/1 verdict: partial credit in stage 1
+# (`-- --r3.score staged`) did no better in session 16. --faithful: the authors' stop reward and P(perfect).
+R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.5)
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
     --judge) JUDGE=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
-    --faithful) R3_FLAGS=(--r3.stop_penalty 0 --r3.p_perfect 0.15 --r3.score binary); shift ;;
+    --faithful) R3_FLAGS=(--r3.stop_penalty 0 --r3.p_perfect 0.15); shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --) shift; break ;;
     *) echo "r3.sh: unknown option $1 (use --judge J, --smoke, --faithful, --lora, --steps N, -- extra flags)" >&2

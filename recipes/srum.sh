@@ -9,9 +9,11 @@
 #   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
 #   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
 # Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.1 and a cosine lr tail to 0.1x, GvU's defaults
-# (--lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15). LoRA ended below its base
-# (weak23x .053 -> .027 at lr 2e-4, .043 at 1e-4); the whole backbone raised weak28 .050 -> .080 on 400 held-out
-# prompts and .057 -> .070 on 2000, position .025 -> .065, attribute binding .010 -> 0 (bench/RESULTS.md, session 15).
+# (--lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15), and paints the background by
+# the share of the prompt's objects found (--srum.missing, session 16). LoRA ended below its base (weak23x .053 ->
+# .027); the whole backbone raised weak28 .057 -> .070 on 2000 held-out prompts (position .025 -> .065, attribute
+# binding .010 -> 0: the policy learned to leave the second object out), with --srum.missing .057 -> .076 (colours
+# .035 -> .150, position .025 -> .055, attribute binding .010 -> .010) in 34.5 min on a slow day (bench/RESULTS.md).
 # Both judge with `caption` scores by default (the tiny base's yes/no answers only see counts; bench/RESULTS.md).
 # Both sample images at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or
 # `--umm.min_p 0.03` (online) restores the authors' sampler.
