@@ -15,15 +15,17 @@
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the base, pretrained if missing: runs/shapes-weak-r3, the
 # weak base with R3's skills at 30 % of pretraining instead of 10 %), UMM_OUT (run dir: runs/r3_<judge>[_smoke]).
 # Why its own base: stage 2 can only reinforce an edit that sometimes works, and the default weak base's refine turn
-# gets a pretraining-style edit right 2 % of the time (bench/r3_skills.py), the --r3-share 0.3 base's 14 %.
+# gets a pretraining-style edit right 2 % of the time (bench/r3_skills.py), the --r3-share 0.3 base's 11-14 %.
+# A base pretrained before session 17 never saw the refine turn that shows the image again: pretrain it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${UMM_PYTHON:-.venv/bin/python}
 BASE=${UMM_BASE:-runs/shapes-weak-r3}
 PRETRAIN_FLAGS="--r3-share 0.3"
 SMOKE=0
-# 250 steps: 300 took 46 min 24 s alone on a 2-core CPU (weak23x, 72-token images), over the 45-min budget.
-STEPS=250
+# 200 steps: 34 min 18 s alone on a 2-core CPU in session 17; the refine turn that shows the image again makes stage
+# 2's sequences ~80 tokens longer, and 250 steps of the shorter ones already took 40 min 54 s of the 45-min budget.
+STEPS=200
 JUDGE=self
 # The whole backbone at lr 1e-4, k3 KL beta 0.1, cosine lr to 0.1x: GvU's defaults, which kept understanding and
 # raised round 0 and reflection accuracy over LoRA's (bench/RESULTS.md, session 15). --lora: LoRA r 8, lr 2e-4,

@@ -224,9 +224,9 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
     gen = torch.Generator().manual_seed(seed)
     words = lambda ids: " ".join(tok.convert_ids_to_tokens([t for t in ids if t != eos]))  # noqa: E731
 
-    def refine_context(context, answer):  # the reflect turn, closed by its end token, then the edit it asks for
+    def refine_context(context, answer, codes):  # the reflect turn, closed by its end token, then the edit it asks for
         instruction = tok.convert_tokens_to_ids(edit_instruction(words(answer)).split())
-        return context + answer + ([] if answer[-1:] == [eos] else [eos]) + model.refine_turn(instruction)
+        return context + answer + ([] if answer[-1:] == [eos] else [eos]) + model.refine_turn(instruction, codes)
 
     def images_after(rows):
         codes = generate_image_tokens(bb, lay, rows, None, 1.0, temperature, top_k, min_p, gen, pad)
@@ -259,7 +259,7 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
                 for w, right in (("right", True), ("wrong", False))
             }
         active[idx[stop]] = False
-        rows = [refine_context(c, a) for c, a, s in zip(contexts, answers, stop) if not s]
+        rows = [refine_context(c, a, codes[i]) for c, a, s, i in zip(contexts, answers, stop, idx) if not s]
         edited = idx[~stop]
         if len(rows):
             new_codes, new_images = images_after(rows)

@@ -34,6 +34,26 @@ def test_reflect_answers_and_refine_targets_are_right():
     assert kinds == {"no", "add", "remove", "make"}
 
 
+def test_refine_rows_show_the_image_again_one_fixed_distance_before_the_edit(vq):
+    # The refine turn repeats the reflected image right before the answer, so each code to keep sits one fixed
+    # distance back whatever the reflection's length, and the answer is the fixed scene, changed only where the edit is.
+    model = UMM.build(WORDS, vq, hidden=32, layers=1)
+    batcher = Batcher(model, PretrainConfig(out="x"), np.random.default_rng(0))
+    lay, distances, lengths = model.layout, set(), set()
+    for _ in range(30):
+        ids, mask = batcher.reflect_or_refine(True)
+        starts = [i + 1 for i, t in enumerate(ids) if t == lay.image]  # reflected image, shown again, answer
+        answer = slice(starts[2], starts[2] + lay.length)
+        assert len(starts) == 3 and sum(mask[: starts[2]]) == 0  # the loss is on the edited image only
+        assert mask[answer] == [int(t != lay.eol) for t in ids[answer]]
+        shown, again, new = (lay.codes(ids[s : s + lay.length]) for s in starts)
+        assert torch.equal(shown, again) and not torch.equal(shown, new)
+        assert 0 < (shown != new).sum() < 0.5 * len(new)  # an edit, not a new scene
+        distances.add(starts[2] - starts[1])
+        lengths.add(starts[1] - starts[0])
+    assert len(distances) == 1 and len(lengths) > 3
+
+
 def _split(model, ids, mask):
     """(image codes, question words, answer words) of a one-image training row."""
     toks = model.tokenizer.convert_ids_to_tokens(ids)

@@ -260,12 +260,13 @@ class Batcher:
         shown, answer, fixed = edit_pair(meta, sample_scene(meta, self.rng), self.rng)
         if refine and answer == NO_EDIT:  # refine only learns real edits
             return self.reflect_or_refine(refine)
-        context, reflection = self.reflect_turn(self.codes(shown), meta, shown, answer)
+        codes = self.codes(shown)
+        context, reflection = self.reflect_turn(codes, meta, shown, answer)
         if not refine:
             return self.row(context, reflection)
         # Refine continues the reflect conversation (the image and the model's own reflection stay in context), so
         # R3's stage-2 trajectory is one sequence whose actions are the reflection and the refined image.
-        edit = self.m.refine_turn(self.m.ids(answer))
+        edit = self.m.refine_turn(self.m.ids(answer), codes)
         return self.row(context + reflection + edit, self.image_answer(self.codes(fixed)))
 
     def batch(self):

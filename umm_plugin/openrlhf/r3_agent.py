@@ -127,7 +127,7 @@ class AgentExecutor(UMMExecutor):
             # The refine turn continues the conversation with the edit the reflection asked for.
             instruction = tok.convert_tokens_to_ids(edit_instruction(text).split())
             end = [] if answer[-1:] == [tok.eos_token_id] else [tok.eos_token_id]
-            ids = observation + end + umm.refine_turn(instruction)
+            ids = observation + end + umm.refine_turn(instruction, codes)
             tokens, new = await self.generate_codes(llm_engine, sampling_params, ids)
             pixels, head = self.render(llm_engine, sampling_params, new, edit=True)
             v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels, self.r3.score == "checklist")
