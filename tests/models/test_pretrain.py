@@ -36,7 +36,7 @@ def test_reflect_answers_and_refine_targets_are_right():
 
 def test_refine_rows_show_the_image_again_one_fixed_distance_before_the_edit(vq):
     # The refine turn repeats the reflected image right before the answer, so each code to keep sits one fixed
-    # distance back whatever the reflection's length, and the answer is the fixed scene, changed only where the edit is.
+    # distance back whatever the reflection's length; the answer is the fixed scene, changed only where the edit is.
     model = UMM.build(WORDS, vq, hidden=32, layers=1)
     batcher = Batcher(model, PretrainConfig(out="x"), np.random.default_rng(0))
     lay, distances, lengths = model.layout, set(), set()
