@@ -191,10 +191,9 @@ class UMM:
 
         The turn shows the image being edited again, right before the answer: every code to keep is then at one fixed
         distance back, which a small model learns to copy; across the varying reflection it only learned ~70 %."""
-        ids = self.tokenizer.convert_tokens_to_ids
-        return [ids("<user>"), *self.ids("edit :"), *instruction, *self.layout.wrap(codes), ids("<assistant>")] + [
-            *self.layout.image_prefix()
-        ]
+        user, assistant = self.tokenizer.convert_tokens_to_ids(["<user>", "<assistant>"])
+        shown = self.layout.wrap(codes)
+        return [user, *self.ids("edit :"), *instruction, *shown, assistant, *self.layout.image_prefix()]
 
     # ---- persistence ----
     def save_pretrained(self, path) -> None:
