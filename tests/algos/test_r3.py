@@ -22,6 +22,24 @@ def test_stage1_advantages_hand_numbers_no_std_division():
     assert torch.allclose(a_img, torch.tensor([[0.5, 0.0, -0.5, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=F64))
 
 
+def test_stage1_advantages_with_std_division_hand_numbers():
+    # --r3.std_norm (ours): each group's centred R and V divided by its unbiased std + 1e-4, as GRPO does
+    rewards = torch.tensor([[2.0, 1.5, 0.0, 1.5], [1.2, 0.0, 1.2, 1.2]], dtype=F64)
+    v = torch.tensor([[1.0, 0.5, 0.0, 0.5], [0.2, 0.2, 0.2, 0.2]], dtype=F64)
+    a_text, a_img = stage1_advantages(rewards, v, std=True)
+    # R: std sqrt(2.25 / 3) = .8660 and sqrt(1.08 / 3) = .6; V: std sqrt(.5 / 3) = .4082, and 0 (a flat group -> 0)
+    s_r, s_v = 0.75**0.5 + 1e-4, (0.5 / 3) ** 0.5 + 1e-4
+    want_text = [
+        [0.75 / s_r, 0.25 / s_r, -1.25 / s_r, 0.25 / s_r],
+        [0.3 / 0.6001, -0.9 / 0.6001, 0.3 / 0.6001, 0.3 / 0.6001],
+    ]
+    assert torch.allclose(a_text, torch.tensor(want_text, dtype=F64))
+    assert torch.allclose(a_img, torch.tensor([[0.5 / s_v, 0.0, -0.5 / s_v, 0.0], [0.0] * 4], dtype=F64))
+    # the stage-2 zeroing and the token placement carry the same numbers through
+    stopped = torch.tensor([[False, False, True, False], [False] * 4])
+    assert torch.allclose(stage2_advantages(rewards, v, stopped, std=True)[1], a_img.masked_fill(stopped, 0.0))
+
+
 def test_stage2_advantages_hand_numbers_image_part_zeroed_where_stopped():
     rewards = torch.tensor([[2.0, 0.75, 2.0, 1.0]], dtype=F64)
     v_new = torch.tensor([[0.75, 0.25, 1.0, 0.5]], dtype=F64)
@@ -56,6 +74,11 @@ def test_segment_advantages_put_the_stage2_hand_numbers_on_the_right_tokens():
         dtype=F64,
     )
     assert torch.allclose(adv, want)
+    # with --r3.std_norm the same segments carry the std-divided advantages
+    a_text_s, a_img_s = (x[0] for x in stage1_advantages(r[None], v, std=True))
+    std_adv = segment_advantages(token_rewards, mask, v, std=True)
+    assert torch.allclose(std_adv[0, :, 1], a_text_s) and torch.allclose(std_adv[0, [0, 1, 3], 4], a_img_s[[0, 1, 3]])
+    assert (std_adv[0, 2, 4:] == 0).all() and (std_adv[..., 0] == 0).all()
 
 
 def test_advantages_reject_bad_input():

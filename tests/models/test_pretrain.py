@@ -9,6 +9,7 @@ from umm_plugin.models.pretrain import NO_EDIT, Batcher, PretrainConfig, edit_pa
 from umm_plugin.models.umm import UMM
 from umm_plugin.worlds.evaluator import check, detect, evaluate
 from umm_plugin.worlds.grammar import WORDS, make_prompts, parse_prompt, sample_scene
+from umm_plugin.worlds.scene import SHAPES
 
 
 def test_pretrain_runs_every_task_and_saves_a_loadable_model(pretrained_dir):
@@ -124,6 +125,25 @@ def test_plan_names_every_object_in_reading_order():
     assert plan.count(" at ") == len(objs)
 
 
+@pytest.mark.parametrize("share, expected", [(0.0, 0), (0.25, 16)])
+def test_plan_rows_are_the_plan_alone_for_the_prompt_asked(vq, share, expected):
+    model = UMM.build(WORDS, vq, hidden=32, layers=1)
+    batcher = Batcher(model, PretrainConfig(out="x", plan_share=share), np.random.default_rng(0))
+    plans = []
+    for ids, mask in batcher.batch():
+        toks = model.tokenizer.convert_ids_to_tokens(ids)
+        answer = [t for t, m in zip(toks, mask) if m]
+        if answer[0] == "<think>" and "<SOM>" not in toks:
+            plans.append((toks, answer))
+    assert len(plans) == expected
+    for toks, answer in plans:
+        assert answer[-1] == "</think>"
+        assert max(model.tokenizer.convert_tokens_to_ids(answer)) < model.layout.image_offset
+        prompt = " ".join(toks[toks.index("generate") + 2 : toks.index("<assistant>")])
+        wanted = [g.shape for g in parse_prompt(prompt).groups for _ in range(g.count)]
+        assert sorted(t for t in answer if t in SHAPES) == sorted(wanted)  # one entry per object the prompt asks for
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -132,6 +152,8 @@ def test_plan_names_every_object_in_reading_order():
         {"r3_share": 0.9},
         {"own_share": 1.5},
         {"judge_share": 0.7},
+        {"plan_share": -0.1},
+        {"r3_share": 0.3, "plan_share": 0.4},
         {"count_share": 0.9},
     ],
 )

@@ -2,6 +2,7 @@
 token-level estimator in prompt order, and its advantages come back on the right tokens of the right experiences
 (plus the KL reward-to-go)."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ from openrlhf.trainer.ppo_utils.experience_maker import (
 )
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-from umm_plugin.openrlhf.plugin import srum_dense
+from umm_plugin.openrlhf.plugin import r3_stage, srum_dense
 
 G = 2
 
@@ -106,3 +107,20 @@ def test_srum_dense_is_registered_token_level_and_masks_prompt_tokens():
     adv, logs = srum_dense(tokens, mask, torch.zeros(1, 2))
     assert adv[0, :, 0].abs().sum() == 0 and adv[0, 0, 1] < 0 < adv[0, 1, 1]
     torch.testing.assert_close(logs["zero_advantage_tokens"], torch.tensor([[0.5, 0.5]]))
+
+
+def test_r3_stage_divides_by_the_group_std_only_with_the_flag(monkeypatch):
+    # one stage-1 group of 4: the plan's reward R on token 1, V as the scalar reward, the image on token 3 (token 2
+    # is the image prefix the model did not write, so the two action segments are apart)
+    tokens = torch.tensor([[[0.0, r, 0.0, 0.0] for r in (2.0, 1.0, 1.0, 1.0)]])
+    mask = torch.tensor([[[0.0, 1.0, 0.0, 1.0]] * 4])
+    v = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", "{}")  # the authors' default: centred only
+    adv, _ = r3_stage(tokens, mask, v)
+    torch.testing.assert_close(adv[0, :, 3], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({"r3.std_norm": True}))
+    adv, _ = r3_stage(tokens, mask, v)
+    s = 0.5 + 1e-4  # the unbiased std of (1, 0, 0, 0)
+    torch.testing.assert_close(adv[0, :, 3], torch.tensor([0.75, -0.25, -0.25, -0.25]) / s)
+    torch.testing.assert_close(adv[0, :, 1], torch.tensor([0.75, -0.25, -0.25, -0.25]) / s)
+    assert adv[..., [0, 2]].abs().sum() == 0

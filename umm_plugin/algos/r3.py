@@ -2,7 +2,9 @@
 
 Advantages are group-centred without the std division (unlike `grpo.group_advantages`), as in the authors' code:
 stage 1 A_text = R - mean_G(R), A_img = V - mean_G(V); stage 2 the same with V_new, and A_img is zeroed for members
-that answered "no further edit needed" (no refine step ran, so there is no image action to credit).
+that answered "no further edit needed" (no refine step ran, so there is no image action to credit). `std=True` (ours,
+`--r3.std_norm`) divides each by its group's std + 1e-4 as GRPO does: a 0/1 V that holds for one member in ten has
+std .3, so without the division the policy moves ~3x slower per step than GRPO's.
 
 `segment_advantages` puts them on an OpenRLHF trajectory's tokens: the first action segment is the text turn (plan
 or reflection), the later ones the image turn; a member that stopped has no image segment, so its A_img vanishes.
@@ -20,18 +22,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from umm_plugin.algos.grpo import group_advantages
 
-def stage1_advantages(rewards: torch.Tensor, v: torch.Tensor):
-    """rewards, v [P, G] -> (A_text = R - mean_G(R), A_img = V - mean_G(V)), no std division."""
+
+def stage1_advantages(rewards: torch.Tensor, v: torch.Tensor, std: bool = False):
+    """rewards, v [P, G] -> (A_text = R - mean_G(R), A_img = V - mean_G(V)); no std division unless `std`."""
     for name, x in (("rewards", rewards), ("v", v)):
         if x.dim() != 2 or x.shape[1] < 2 or x.shape != rewards.shape:
             raise ValueError(f"{name} must be [num_prompts, group >= 2] like rewards, got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contain NaN or inf")
+    if std:
+        return group_advantages(rewards)[0], group_advantages(v)[0]
     return rewards - rewards.mean(-1, keepdim=True), v - v.mean(-1, keepdim=True)
 
 
-def stage2_advantages(rewards: torch.Tensor, v_new: torch.Tensor, stopped: torch.Tensor):
+def stage2_advantages(rewards: torch.Tensor, v_new: torch.Tensor, stopped: torch.Tensor, std: bool = False):
     """rewards, v_new, stopped (bool) [P, G] -> (A_text, A_img), A_img zeroed where stopped.
 
     The group mean runs over all G members, stopped ones included: the caller sets their V_new to V_prev (the
@@ -41,11 +47,13 @@ def stage2_advantages(rewards: torch.Tensor, v_new: torch.Tensor, stopped: torch
         raise ValueError(
             f"stopped must be a bool tensor shaped like rewards, got {stopped.dtype} {tuple(stopped.shape)}"
         )
-    a_text, a_img = stage1_advantages(rewards, v_new)
+    a_text, a_img = stage1_advantages(rewards, v_new, std)
     return a_text, a_img.masked_fill(stopped, 0.0)
 
 
-def segment_advantages(token_rewards: torch.Tensor, action_mask: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def segment_advantages(
+    token_rewards: torch.Tensor, action_mask: torch.Tensor, v: torch.Tensor, std: bool = False
+) -> torch.Tensor:
     """token_rewards, action_mask [P, G, A] and v [P, G] -> per-token advantages [P, G, A].
 
     Action segments are runs of action tokens. The first carries the text reward R on its tokens and gets
@@ -56,7 +64,7 @@ def segment_advantages(token_rewards: torch.Tensor, action_mask: torch.Tensor, v
     segment = (mask & ~F.pad(mask, (1, 0))[..., :-1]).cumsum(-1) * mask
     text = segment == 1
     r = (token_rewards * text).sum(-1) / text.sum(-1).clamp(min=1)
-    a_text, a_img = stage1_advantages(r, v.to(r.dtype))
+    a_text, a_img = stage1_advantages(r, v.to(r.dtype), std)
     return torch.where(text, a_text[..., None], torch.where(segment >= 2, a_img[..., None], 0.0))
 
 

@@ -59,6 +59,13 @@ class PretrainConfig:
         default=0.1,
         metadata={"help": "Share of each batch for R3's skills: reflect gets half, reason and refine a quarter each."},
     )
+    plan_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each batch for R3's plan alone (prompt -> <think> plan </think>, no image): a reason "
+            "row's loss is mostly its image codes, so the weak base's plans barely follow the prompt."
+        },
+    )
     judge_share: float = field(
         default=0.15, metadata={"help": "Share of each batch for yes/no questions 'is this <prompt> ?'."}
     )
@@ -93,9 +100,11 @@ class PretrainConfig:
         for name in ("own_samples_from", "own_share", "imperfect_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a fraction in [0, 1]")
-        if min(self.r3_share, self.judge_share) < 0 or self.r3_share + self.judge_share >= 1 - GAPS[self.gap]:
+        shares = self.r3_share + self.plan_share + self.judge_share
+        if min(self.r3_share, self.plan_share, self.judge_share) < 0 or shares >= 1 - GAPS[self.gap]:
             raise ValueError(
-                f"r3_share={self.r3_share} + judge_share={self.judge_share} leaves no room for generation and captions"
+                f"r3_share={self.r3_share} + plan_share={self.plan_share} + judge_share={self.judge_share} leaves no "
+                "room for generation and captions"
             )
         if min(self.count_share, self.scene_share) < 0 or self.count_share + self.scene_share > 1:
             raise ValueError(f"count_share={self.count_share} + scene_share={self.scene_share} must be in [0, 1]")
@@ -249,6 +258,10 @@ class Batcher:
         answer = self.m.ids(plan_text(objects)) + self.m.layout.image_prefix() + self.image_answer(self.codes(objects))
         return self.row(self.m.reason_prompt(meta["prompt"]), answer)
 
+    def plan(self):
+        meta = self.meta()
+        return self.row(self.m.reason_prompt(meta["prompt"]), self.m.ids(plan_text(sample_scene(meta, self.rng))))
+
     def reflect_turn(self, codes, meta, shown, answer) -> tuple[list[int], list[int]]:
         """(context, answer ids) of R3's reflect turn: the model first says what it sees in a think block (a truthful
         listing of the image), then "no further edit needed" or the edit."""
@@ -272,8 +285,10 @@ class Batcher:
     def batch(self):
         b, gen = self.cfg.batch_size, GAPS[self.cfg.gap]
         n_gen, n_r3, n_judge = round(b * gen), round(b * self.cfg.r3_share), round(b * self.cfg.judge_share)
-        n_cap = b - n_gen - n_r3 - n_judge
+        n_plan = round(b * self.cfg.plan_share)
+        n_cap = b - n_gen - n_r3 - n_plan - n_judge
         rows = [self.generation() for _ in range(n_gen)] + [self.judge() for _ in range(n_judge)]
+        rows += [self.plan() for _ in range(n_plan)]
         rows += [self.caption(imperfect=self.rng.random() < self.cfg.imperfect_share) for _ in range(n_cap)]
         # Reflection is the self-judge of SRUM and R3 (does the image match the prompt, and what is wrong): it gets
         # half the R3 rows; reason and refine also train image output, which the weak gap keeps scarce.

@@ -137,8 +137,9 @@ def srum_dense(token_rewards: torch.Tensor, action_mask: torch.Tensor, rewards: 
 
 
 def r3_stage(token_rewards: torch.Tensor, action_mask: torch.Tensor, rewards: torch.Tensor):
-    """The `r3_stage` token-level estimator: R3's A_text on the text turn, A_img on the image turn (no std)."""
-    return segment_advantages(token_rewards.float(), action_mask, rewards.float()), {}
+    """The `r3_stage` token-level estimator: R3's A_text on the text turn, A_img on the image turn (std division
+    only with --r3.std_norm)."""
+    return segment_advantages(token_rewards.float(), action_mask, rewards.float(), r3_config().std_norm), {}
 
 
 def check(parser, args) -> None:

@@ -5,7 +5,8 @@ Differences from the authors' code, each a switch: the judge may be the policy i
 self-rewarding) or ShapesWorld's exact checker (`evaluator`) instead of an external VLM (`openai`); V may be the
 checklist's share (`score checklist`, or in stage 1 only: `score staged`) instead of the authors' 0/1 verdict; a
 stop on an imperfect root may cost C = -stop_penalty instead of the authors' 0 (`stop_penalty`); the buffer may draw
-imperfect roots by their group's reward spread (`weighting spread`). As in the authors' code, stage 2 draws from the
+imperfect roots by their group's reward spread (`weighting spread`); advantages may be divided by the group's std as
+in GRPO (`std_norm`). As in the authors' code, stage 2 draws from the
 last stage-1 step's results only. Unlike it, a member that stops keeps V_prev instead of a second verdict on the same
 image (the judges here are deterministic), and a judge that fails is an error, not V = 0. The diffusion head is
 trained beside the backbone with `--umm.head_rl` (`head_policy.py`; recipes/r3.sh turns it on); in this X-Omni
@@ -45,6 +46,13 @@ class R3Config:
             "help": "C for answering 'no further edit needed' on an imperfect root (V_prev < 1) is -stop_penalty "
             "(ours; the authors' 0 scores that stop like a failed edit; 1 makes a wrong stop cost what a right stop "
             "earns)."
+        },
+    )
+    std_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "Divide each group's centred advantages by its std + 1e-4, as GRPO does (ours; the authors "
+            "centre only: a 0/1 V that holds for one member in ten has std .3, so that is ~3x smaller steps)."
         },
     )
     p_perfect: float = field(
