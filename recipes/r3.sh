@@ -12,16 +12,17 @@
 # rounds_<step>.png shows plan, images and reflections. The diffusion head is trained beside the backbone (Flow-GRPO,
 # one SDE step per image, loss weight 2.0, its own AdamW: --umm.head_rl true, patches/0008); pass
 # `-- --umm.head_rl false` to train the AR backbone only. Shared flags: recipes/ppo_cpu.sh.
-# Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the base, pretrained if missing: runs/shapes-weak-r3, the
-# weak base with R3's skills at 30 % of pretraining instead of 10 %), UMM_OUT (run dir: runs/r3_<judge>[_smoke]).
-# Why its own base: stage 2 can only reinforce an edit that sometimes works, and the default weak base's refine turn
-# gets a pretraining-style edit right 2 % of the time (bench/r3_skills.py), the --r3-share 0.3 base's 11-14 %.
-# A base pretrained before session 17 never saw the refine turn that shows the image again: pretrain it again.
+# Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the base, pretrained if missing: runs/shapes-weak-r3p, the
+# weak base with R3's skills at 30 % of pretraining instead of 10 % and 10 % of rows that are the plan alone), UMM_OUT
+# (run dir: runs/r3_<judge>[_smoke]). Why its own base: stage 2 can only reinforce an edit that sometimes works, and
+# the default weak base's refine turn gets a pretraining-style edit right 2 % of the time (bench/r3_skills.py), the
+# --r3-share 0.3 base's 11-14 %; without the plan rows the base's plans were right 3.5 % of the time and its images
+# .058, with them 57 % and .212 (n 400; bench/RESULTS.md, session 18).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${UMM_PYTHON:-.venv/bin/python}
-BASE=${UMM_BASE:-runs/shapes-weak-r3}
-PRETRAIN_FLAGS="--r3-share 0.3"
+BASE=${UMM_BASE:-runs/shapes-weak-r3p}
+PRETRAIN_FLAGS="--r3-share 0.3 --plan-share 0.1"
 SMOKE=0
 # 200 steps: 34 min 18 s alone on a 2-core CPU in session 17; the refine turn that shows the image again makes stage
 # 2's sequences ~80 tokens longer, and 250 steps of the shorter ones already took 40 min 54 s of the 45-min budget.
@@ -35,12 +36,14 @@ LORA_RANK=0
 KL_BETA=0.1
 LR_SCHEDULER=cosine_with_min_lr
 MIN_LR_RATIO=0.1
-# Stage 2 scores the stop decision symmetrically (ours): a wrong stop costs C = -1 as a right one earns +1, and half
-# the roots are perfect. The authors' C (0 for a wrong stop, P(perfect) .15) taught the weak base always to stop; this,
-# with the self judge, taught its reflection to follow its own listing of the image (with the evaluator judge: to edit
-# almost always; bench/RESULTS.md, session 12). V is the authors' 0/1 verdict: partial credit in stage 1
-# (`-- --r3.score staged`) did no better in session 16. --faithful: the authors' stop reward and P(perfect).
-R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.5)
+# Stage 2 scores the stop decision symmetrically (ours): a wrong stop costs C = -1 as a right one earns +1. The
+# authors' C (0 for a wrong stop, P(perfect) .15) taught the weak base always to stop; this taught its reflection to
+# follow its own listing of the image (bench/RESULTS.md, session 12). P(perfect) sets where the sampled stop rate
+# settles, and greedy inference stops wherever it is above one half: on the plan-share base .5 left it stopping on
+# .62 of right images (rounds 1-4 fell below the base), .65 on .66 of wrong ones (reflection did not rise), .575 both
+# rose (session 18). V is the authors' 0/1 verdict: partial credit in stage 1 (`-- --r3.score staged`) did no better
+# in session 16. --faithful: the authors' stop reward and P(perfect).
+R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.575)
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; shift ;;
