@@ -24,8 +24,9 @@ PY=${UMM_PYTHON:-.venv/bin/python}
 BASE=${UMM_BASE:-runs/shapes-weak-r3p}
 PRETRAIN_FLAGS="--r3-share 0.3 --plan-share 0.1"
 SMOKE=0
-# 200 steps: 34 min 18 s alone on a 2-core CPU in session 17; the refine turn that shows the image again makes stage
-# 2's sequences ~80 tokens longer, and 250 steps of the shorter ones already took 40 min 54 s of the 45-min budget.
+# 200 steps: 25 min 21 s on a 2-core CPU in session 19 (34 min 18 s in session 17 on an older base); the refine turn
+# that shows the image again makes stage 2's sequences ~80 tokens longer, and 250 steps of the shorter ones already
+# took 40 min 54 s of the 45-min budget.
 STEPS=200
 JUDGE=self
 # The whole backbone at lr 1e-4, k3 KL beta 0.1, cosine lr to 0.1x: GvU's defaults, which kept understanding and
