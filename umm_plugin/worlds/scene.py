@@ -161,7 +161,9 @@ def perturb(objects, rng: np.random.Generator, kind: str | None = None, canvas: 
     if kind == "extra_object":
         objects = place(random_specs(rng, 1), rng, canvas, tries=20, fixed=objects) or objects
     elif kind == "fragments":
-        colors = tuple({o.color for o in objects}) if rng.random() < 0.5 and objects else COLOR_NAMES
+        # dict, not set: a set of strings iterates in an order that changes with PYTHONHASHSEED, which made
+        # seeded pretraining differ from run to run.
+        colors = tuple(dict.fromkeys(o.color for o in objects)) if rng.random() < 0.5 and objects else COLOR_NAMES
         fragments = free_fragments(objects, rng, int(rng.integers(1, 4)), colors, canvas)
     elif kind in ("recolor", "reshape") and objects:
         i = int(rng.integers(len(objects)))
