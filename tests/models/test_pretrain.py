@@ -29,7 +29,8 @@ def test_pretrain_runs_every_task_and_saves_a_loadable_model(pretrained_dir):
 def test_pretraining_is_the_same_in_every_process(tmp_path):
     # Each process hashes strings with its own seed, so anything that iterates a set of strings can change the
     # batches; a clean machine must get the very base the recorded figures were measured on.
-    flags = "--steps 40 --batch-size 32 --hidden 32 --layers 1 --head-steps 5 --tokenizer-scenes 200 --lr 3e-3"
+    flags = "--steps 40 --batch-size 32 --hidden 32 --layers 1 --head-steps 5 --tokenizer-scenes 200 --lr 3e-3 "
+    flags += "--own-samples-from 0.5"
     files = (
         "model.safetensors",
         "diffusion_head/diffusion_pytorch_model.safetensors",
@@ -40,7 +41,7 @@ def test_pretraining_is_the_same_in_every_process(tmp_path):
         out = tmp_path / hash_seed
         cmd = [sys.executable, "-m", "umm_plugin.cli", "shapes", "pretrain", "--out", str(out), *flags.split()]
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        run = subprocess.run(cmd + ["--own-samples-from", "0.5"], env=env, capture_output=True, text=True)
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-2000:]
         weights.append([(out / f).read_bytes() for f in files])
     assert weights[0] == weights[1]

@@ -8,10 +8,9 @@ stop on an imperfect root may cost C = -stop_penalty instead of the authors' 0 (
 imperfect roots by their group's reward spread (`weighting spread`); advantages may be divided by the group's std as
 in GRPO (`std_norm`). As in the authors' code, stage 2 draws from the last stage-1 step's results only. Unlike it, a
 member that stops keeps V_prev instead of a second verdict on the same image (the judges here are deterministic), and
-a judge that fails is an error, not V = 0. The diffusion head is
-trained beside the backbone with `--umm.head_rl` (`head_policy.py`; recipes/r3.sh turns it on); in this X-Omni
-layout the AR tokens fix the picture and the head only renders them, so on ShapesWorld it can add noise but not fix
-a layout.
+a judge that fails is an error, not V = 0. The diffusion head is trained beside the backbone with `--umm.head_rl`
+(`head_policy.py`; recipes/r3.sh turns it on); in this X-Omni layout the AR tokens fix the picture and the head only
+renders them, so on ShapesWorld it can add noise but not fix a layout.
 """
 
 from dataclasses import dataclass, field
