@@ -4,7 +4,8 @@ For prompts of a split the model plans and draws its first image as at inference
 `umm-plugin eval --rounds` protocol); the self judge then gives V = 1 or 0 as the recipe's executor does (greedy
 caption checked against the prompt's checklist, the relation by p(yes) > p(no) to "is this <prompt> ?"), and the
 evaluator says whether the image is right. Printed: how often V = 1, P(right | V = 1) (the perfect pool's purity:
-its wrong images are the ones whose stop stage 2 rewards), P(V = 1 | right) and P(V = 1 | wrong).
+its wrong images are the ones whose stop stage 2 rewards), P(V = 1 | right) and P(V = 1 | wrong); for the greedy
+caption (`--r3.caption greedy`) and for the one made to name colours (`colours`, the default: `colour_slot`).
 
     python bench/r3_judge.py --model runs/shapes-weak-r3p [--n 400] [--split train]
 """
@@ -15,10 +16,12 @@ import numpy as np
 import torch
 
 from umm_plugin.eval import captions, r3_rounds
-from umm_plugin.models.umm import ASK, UMM
-from umm_plugin.rewards.r3 import caption_objects, checklist_score
+from umm_plugin.models.generation import generate_text
+from umm_plugin.models.umm import ASK, DESCRIBE, UMM
+from umm_plugin.rewards.r3 import caption_objects, checklist_score, colour_slot
 from umm_plugin.worlds.evaluator import evaluate
 from umm_plugin.worlds.grammar import make_prompts
+from umm_plugin.worlds.scene import COLOR_NAMES
 
 
 @torch.no_grad()
@@ -33,20 +36,32 @@ def main():
     right = np.array([evaluate(img, meta)[0] for img, meta in zip(images, metas)])
     codes = model.vq.encode(np.stack(images))  # the judge sees the image re-tokenized, as in RL
     yes, no = model.ids("yes")[0], model.ids("no")[0]
-    v = []
+    eos, colours = model.tokenizer.eos_token_id, model.ids(" ".join(COLOR_NAMES))
+    v = {"greedy": [], "colours": []}
     for c, caption, meta in zip(codes, captions(model, codes), metas):
-        objects, said = caption_objects(caption, meta)
         relation = None
-        if any("position" in r for r in said["include"]):
+        if any("position" in r for r in meta["include"]):
             logits = model.backbone(torch.tensor([model.chat(c, ASK.format(prompt=meta["prompt"]))])).logits[0, -1]
             relation = bool(logits[yes] > logits[no])
-        v.append(checklist_score(said, objects, relation) == 1)
-    v = np.array(v)
-    print(f"{args.model}, {args.n} {args.split} prompts: right {right.mean():.3f}, V = 1 {v.mean():.3f}")
-    print(
-        f"  P(right | V = 1) {right[v].mean():.3f}  P(V = 1 | right) {v[right].mean():.3f}  "
-        f"P(V = 1 | wrong) {v[~right].mean():.3f}"
-    )
+        objects, said = caption_objects(caption, meta)
+        v["greedy"].append(checklist_score(said, objects, relation) == 1)
+        words = caption.split()
+        k = colour_slot(words)
+        if k is not None:
+            ctx = model.chat(c, DESCRIBE) + model.ids(" ".join(words[:k]))
+            ctx += generate_text(model.backbone, [ctx], 1, [], allowed=colours)[0]
+            rest = generate_text(model.backbone, [ctx], 40, eos, model.layout.image_offset)[0]
+            said = ctx[len(model.chat(c, DESCRIBE)) :] + [t for t in rest if t != eos]
+            words = model.tokenizer.convert_ids_to_tokens(said)
+        objects, said = caption_objects(" ".join(words), meta)
+        v["colours"].append(checklist_score(said, objects, relation) == 1)
+    print(f"{args.model}, {args.n} {args.split} prompts: right {right.mean():.3f}")
+    for name, judged in v.items():
+        judged = np.array(judged)
+        print(
+            f"  {name:8s} V = 1 {judged.mean():.3f}  P(right | V = 1) {right[judged].mean():.3f}  "
+            f"P(V = 1 | right) {judged[right].mean():.3f}  P(V = 1 | wrong) {judged[~right].mean():.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ MIN_LR_RATIO=0.1
 # settles, and greedy inference stops wherever it is above one half: on the plan-share base .5 left it stopping on
 # .62 of right images (rounds 1-4 fell below the base), .65 on .66 of wrong ones (reflection did not rise), .575 both
 # rose (session 18). V is the authors' 0/1 verdict: partial credit in stage 1 (`-- --r3.score staged`) did no better
-# in session 16. --faithful: the authors' stop reward and P(perfect).
+# in session 16. --faithful: the authors' stop reward and P(perfect). The self judge's caption names colours
+# (--r3.caption colours, session 21): the greedy one skipped them, so a third of its "perfect" first images had a
+# wrong colour (P(right | V = 1) .66 -> .90 on the base, bench/r3_judge.py); `-- --r3.caption greedy` for the old one.
 R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.575)
 while [ $# -gt 0 ]; do
   case "$1" in

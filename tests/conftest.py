@@ -59,7 +59,12 @@ def pretrained_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def judge_base(tmp_path_factory):
+def judge_base(judge_base_dir):
+    return UMM.from_pretrained(judge_base_dir)
+
+
+@pytest.fixture(scope="session")
+def judge_base_dir(tmp_path_factory):
     """A small base through the real `pretrain` (800 steps, hidden 64), enough for its captions to know colours and
     counts: what the SRUM (and R3) judge tests ask. Own-sample refreshes are off to keep it to about a minute."""
     out = tmp_path_factory.mktemp("judge_base")
@@ -76,7 +81,8 @@ def judge_base(tmp_path_factory):
         own_samples_from=1.0,
         lr=3e-3,
     )
-    return pretrain(cfg, log=lambda *_: None)
+    pretrain(cfg, log=lambda *_: None)
+    return out
 
 
 def decode(data_url: str) -> np.ndarray:

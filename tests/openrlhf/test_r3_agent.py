@@ -15,9 +15,10 @@ from umm_plugin.eval import r3_rounds
 from umm_plugin.models.generation import continuation_logprobs, generate_text
 from umm_plugin.models.umm import ASK, DESCRIBE
 from umm_plugin.openrlhf.engine import UMMRolloutEngine
-from umm_plugin.rewards.r3 import caption_objects, checklist_score, format_reward, is_no_edit
+from umm_plugin.rewards.r3 import caption_objects, checklist_score, colour_slot, format_reward, is_no_edit
 from umm_plugin.worlds.evaluator import detect, evaluate
 from umm_plugin.worlds.grammar import make_prompts, parse_prompt
+from umm_plugin.worlds.scene import COLOR_NAMES
 
 PROMPT = "a photo of a red circle to the left of a blue square"
 G = 4
@@ -133,25 +134,31 @@ def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_di
     assert sorted(r[key] for r in engine.records if key in r) == sorted(stops)
 
 
-def test_self_judge_is_the_models_own_caption_and_yes_no(pretrained_dir, monkeypatch):
-    engine = _engine(pretrained_dir, monkeypatch, judge="self", score="checklist")
+@pytest.mark.parametrize("caption, base", [("greedy", "pretrained_dir"), ("colours", "judge_base_dir")])
+def test_self_judge_is_the_models_own_caption_and_yes_no(request, monkeypatch, caption, base):
+    # judge_base has trained long enough to write captions, so the colour branch runs (asserted below)
+    engine = _engine(request.getfixturevalue(base), monkeypatch, judge="self", score="checklist", caption=caption)
     umm = engine.umm
     results = _call(engine, PROMPT, n=3)
-    tok = umm.tokenizer
+    tok, colours, filled = umm.tokenizer, umm.ids(" ".join(COLOR_NAMES)), 0
     for out in results:
         codes, _ = _image(umm, out, out["action_ranges"][1])
-        caption = generate_text(
-            umm.backbone,
-            [umm.chat(codes, DESCRIBE)],
-            r3_agent.CAPTION_TOKENS,
-            tok.eos_token_id,
-            umm.layout.image_offset,
-        )[0]
-        objects, meta = caption_objects(_words(umm, caption), parse_prompt(PROMPT).meta())
+        ctx = umm.chat(codes, DESCRIBE)
+        off = umm.layout.image_offset
+        words = _words(umm, generate_text(umm.backbone, [ctx], r3_agent.CAPTION_TOKENS, tok.eos_token_id, off)[0])
+        k = colour_slot(words.split())
+        if caption == "colours" and k is not None:  # the best colour word, then greedy on
+            ctx += umm.ids(" ".join(words.split()[:k]))
+            colour = colours[int(umm.backbone(input_ids=torch.tensor([ctx])).logits[0, -1, colours].argmax())]
+            rest = generate_text(umm.backbone, [ctx + [colour]], r3_agent.CAPTION_TOKENS, tok.eos_token_id, off)[0]
+            words = " ".join(words.split()[:k]) + " " + _words(umm, [colour] + rest)
+            filled += 1
+        objects, meta = caption_objects(words, parse_prompt(PROMPT).meta())
         ctx = umm.chat(codes, ASK.format(prompt=PROMPT))
         lp, _ = continuation_logprobs(umm.backbone, [ctx, ctx], [umm.ids("yes"), umm.ids("no")])
         want = checklist_score(meta, objects, relation=bool(lp[0, 0] > lp[1, 0]))
         assert out["reward"] == pytest.approx(want)
+    assert caption == "greedy" or filled  # the colour branch ran
 
 
 def test_openai_judge_scores_through_the_server_and_fails_loudly(pretrained_dir, monkeypatch, server):

@@ -7,6 +7,7 @@ from umm_plugin.rewards.r3 import (
     caption_objects,
     checklist,
     checklist_score,
+    colour_slot,
     correction,
     edit_instruction,
     format_reward,
@@ -129,3 +130,24 @@ def test_checklist_hand_example_relation_prompt():
 def test_edit_instruction_is_what_follows_the_think_block():
     assert edit_instruction("<think> a photo of a red circle </think>  add a  blue square") == "add a blue square"
     assert edit_instruction("remove a red circle") == "remove a red circle"
+
+
+@pytest.mark.parametrize(
+    "caption, slot",
+    [
+        ("a photo of a circle and a square", 4),  # after the count word that follows "of", not the leading "a"
+        ("a photo of three squares", 4),
+        ("a photo of a red circle", None),  # names a colour: kept as written
+        ("a photo of a circle and a blue square", None),
+        ("a circle", None),  # no "of <count>": nothing to fill
+        ("", None),
+    ],
+)
+def test_colour_slot(caption, slot):
+    assert colour_slot(caption.split()) == slot
+
+
+def test_a_colour_caption_refutes_a_wrong_colour_the_greedy_one_cannot():
+    meta = parse_prompt("a photo of a red circle").meta()
+    assert checklist_score(*reversed(caption_objects("a photo of a circle", meta))) == 1  # colour-free: passes
+    assert checklist_score(*reversed(caption_objects("a photo of a blue circle", meta))) < 1

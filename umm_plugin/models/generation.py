@@ -7,6 +7,8 @@ target tokens after a prefix in one forward pass, computing the LM head only at 
 sizes the full [B, T, V] logits are most of the memory).
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -118,11 +120,15 @@ def generate_text(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     pad_id: int = 0,
+    allowed: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Text continuation of each prompt with a KV cache, until a token in `stop_ids` (kept as the last token, as vLLM
     keeps its stop and EOS tokens) or `max_new_tokens`. `vocab_size` keeps sampling to ids below it (the text
-    vocabulary: image codes follow it in the X-Omni layout)."""
+    vocabulary: image codes follow it in the X-Omni layout); `allowed` to those ids (vLLM's allowed_token_ids)."""
+    if allowed is not None and vocab_size is not None:
+        raise ValueError("give vocab_size or allowed, not both")
     stop = {int(s) for s in ([stop_ids] if isinstance(stop_ids, int) else stop_ids)}
+    allowed = None if allowed is None else torch.tensor(list(allowed), dtype=torch.long)
     ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(backbone.device), mask.to(backbone.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -131,7 +137,10 @@ def generate_text(
     rows: list[list[int]] = [[] for _ in prompt_ids]
     done = [False] * len(prompt_ids)
     for step in range(max_new_tokens):
-        token = sample_logits(out.logits[:, -1, :vocab_size].float(), temperature, generator=generator).cpu()
+        if allowed is None:
+            token = sample_logits(out.logits[:, -1, :vocab_size].float(), temperature, generator=generator).cpu()
+        else:
+            token = allowed[sample_logits(out.logits[:, -1, allowed].float(), temperature, generator=generator).cpu()]
         for i, t in enumerate(token.tolist()):
             if not done[i]:
                 rows[i].append(t)

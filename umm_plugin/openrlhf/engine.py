@@ -9,11 +9,12 @@ calls (the G samples of every prompt in flight) are gathered into one batch: ima
 KV-cache generator, scoring requests (prompt_logprobs) through one teacher-forced pass.
 
 Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary and <EOL>, max_tokens
-= the image's token count; it feeds each row's <EOL> rather than sampling it), text generation (the text vocabulary or
-all of it; EOS and stop_token_ids end it) and scoring only; `generate(..., use_adapter=False)` runs the LoRA-free
-reference weights: with LoRA the adapter switched off (no second copy of the backbone), fully fine-tuned one frozen
-copy. Every `--umm.eval_steps` weight syncs it evaluates its current weights (= the actor's) on held-out ShapesWorld
-prompts (plus the executor's own `evaluate`, if it has one) and saves them as a complete UMM directory.
+= the image's token count; it feeds each row's <EOL> rather than sampling it), text generation (allowed_token_ids
+unset or any set of text tokens; EOS and stop_token_ids end it) and scoring only; `generate(..., use_adapter=False)`
+runs the LoRA-free reference weights: with LoRA the adapter switched off (no second copy of the backbone), fully
+fine-tuned one frozen copy. Every `--umm.eval_steps` weight syncs it evaluates its current weights (= the actor's) on
+held-out ShapesWorld prompts (plus the executor's own `evaluate`, if it has one) and saves them as a complete UMM
+directory.
 """
 
 import asyncio
@@ -164,11 +165,11 @@ class UMMRolloutEngine:
             return "score"
         if allowed == lay.code_ids + [lay.eol] and params.max_tokens == lay.length:
             return "image"
-        if allowed in ([], list(range(lay.image_offset))) and params.max_tokens:
+        if all(0 <= t < lay.image_offset for t in allowed) and params.max_tokens:
             return "text"
         raise ValueError(
             "the UMM engine serves image-token generation (allowed_token_ids = the image vocabulary + <EOL>, "
-            f"max_tokens = {lay.length}), text generation (allowed_token_ids unset or the text vocabulary, ids < "
+            f"max_tokens = {lay.length}), text generation (allowed_token_ids unset or text tokens, ids < "
             f"{lay.image_offset}) and scoring (prompt_logprobs) only"
         )
 
@@ -182,7 +183,8 @@ class UMMRolloutEngine:
                 raise ValueError("the UMM engine does not return sampled-token logprobs; leave logprobs unset")
             kind = self._kind(p)
             # Requests batch together when they sample alike; text turns also need the same stops and length.
-            text = (tuple(p.stop_token_ids or ()), p.max_tokens, bool(p.allowed_token_ids)) if kind == "text" else ()
+            allowed = tuple(p.allowed_token_ids or ())
+            text = (tuple(p.stop_token_ids or ()), p.max_tokens, allowed) if kind == "text" else ()
             key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), text)
             groups.setdefault(key, []).append(i)
         pad, lay = self.umm.tokenizer.pad_token_id, self.umm.layout
@@ -192,11 +194,11 @@ class UMMRolloutEngine:
                     for i, res in zip(idx, self._score([batch[i] for i in idx])):
                         out[i] = res
                 elif kind == "text":  # vLLM stops at EOS and at stop_token_ids, and keeps the stop token
-                    stops, max_tokens, text_only = text
+                    stops, max_tokens, allowed = text
                     stop = {*stops, self.umm.tokenizer.eos_token_id}
-                    rows, vocab = [batch[i].ids for i in idx], lay.image_offset if text_only else None
+                    rows, allowed = [batch[i].ids for i in idx], allowed or None
                     texts = generate_text(
-                        self.umm.backbone, rows, max_tokens, stop, vocab, temperature, self.generator, pad
+                        self.umm.backbone, rows, max_tokens, stop, None, temperature, self.generator, pad, allowed
                     )
                     for i, row in zip(idx, texts):
                         reason = "stop" if row and row[-1] in stop else "length"

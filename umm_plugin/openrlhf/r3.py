@@ -36,6 +36,14 @@ class R3Config:
             "(the stop reward and the perfect-root pool need one)."
         },
     )
+    caption: str = field(
+        default="colours",
+        metadata={
+            "help": "The self judge's caption: greedy, or colours (greedy, but where it names no colour the first "
+            "object's colour is the model's best colour word, then greedy on: a greedy caption skips colours most "
+            "of the time, so colour mistakes passed as perfect; bench/r3_judge.py)."
+        },
+    )
     w: float = field(
         default=1.0, metadata={"help": "Format weight w in R = V F + w F and R = w F + C F (authors: 1)."}
     )
@@ -82,6 +90,8 @@ class R3Config:
             raise ValueError(f"--r3.judge {self.judge!r}: use one of {', '.join(JUDGES)}")
         if self.score not in ("binary", "checklist", "staged"):
             raise ValueError(f"--r3.score {self.score!r}: use binary, checklist or staged")
+        if self.caption not in ("greedy", "colours"):
+            raise ValueError(f"--r3.caption {self.caption!r}: use greedy or colours")
         if self.weighting not in ("uniform", "spread"):
             raise ValueError(f"--r3.weighting {self.weighting!r}: use uniform or spread")
         if not 0 <= self.p_perfect <= 1:

@@ -37,6 +37,7 @@ from umm_plugin.rewards.openai_judge import OpenAIJudge
 from umm_plugin.rewards.r3 import (
     caption_objects,
     checklist_score,
+    colour_slot,
     correction,
     edit_instruction,
     format_reward,
@@ -46,6 +47,7 @@ from umm_plugin.rewards.r3 import (
 )
 from umm_plugin.worlds.evaluator import detect
 from umm_plugin.worlds.grammar import parse_prompt
+from umm_plugin.worlds.scene import COLOR_NAMES
 
 CAPTION_TOKENS = 40
 
@@ -185,14 +187,23 @@ class AgentExecutor(UMMExecutor):
         return v if partial else float(v == 1)
 
     async def self_judge(self, llm_engine, sampling_params, prompt, codes) -> float:
-        """The model's own understanding: its greedy caption names the objects; for a relation, p(yes) > p(no) to
-        'is this <prompt> ?'. Both from the weights `--umm.judge` names."""
+        """The model's own understanding: its caption names the objects (greedy, with `--r3.caption colours` made to
+        name colours, `colour_slot`); for a relation, p(yes) > p(no) to 'is this <prompt> ?'. All from the weights
+        `--umm.judge` names."""
         umm, meta = self.model(llm_engine), parse_prompt(prompt).meta()
         kw = {} if self.cfg.judge == "policy" else {"use_adapter": False}
         params = type(sampling_params)(temperature=0.0, max_tokens=CAPTION_TOKENS)
         params.allowed_token_ids = list(range(umm.layout.image_offset))
-        caption = await llm_engine.generate(umm.chat(codes, DESCRIBE), params, **kw)
+        ctx = umm.chat(codes, DESCRIBE)
+        caption = await llm_engine.generate(ctx, params, **kw)
         ids = [t for t in caption.outputs[0].token_ids if t != umm.tokenizer.eos_token_id]
+        k = colour_slot(umm.tokenizer.convert_ids_to_tokens(ids)) if self.r3.caption == "colours" else None
+        if k is not None:  # the best colour word for the first object, then greedy on from it
+            colour = type(sampling_params)(temperature=0.0, max_tokens=1)
+            colour.allowed_token_ids = umm.ids(" ".join(COLOR_NAMES))
+            ids = ids[:k] + (await llm_engine.generate(ctx + ids[:k], colour, **kw)).outputs[0].token_ids
+            rest = (await llm_engine.generate(ctx + ids, params, **kw)).outputs[0].token_ids
+            ids += [t for t in rest if t != umm.tokenizer.eos_token_id]
         objects, meta = caption_objects(" ".join(umm.tokenizer.convert_ids_to_tokens(ids)), meta)
         relation = None
         if any("position" in r for r in meta["include"]):

@@ -19,7 +19,8 @@ import torch
 
 from umm_plugin.models.pretrain import NO_EDIT
 from umm_plugin.worlds.evaluator import Detected, check
-from umm_plugin.worlds.grammar import PromptError, parse_prompt
+from umm_plugin.worlds.grammar import NUMBERS, PromptError, parse_prompt
+from umm_plugin.worlds.scene import COLOR_NAMES
 
 THINK = re.compile(r"\s*<think>(?P<plan>.*?)</think>(?P<rest>.*)", re.DOTALL)
 
@@ -104,6 +105,19 @@ def checklist_score(meta: dict, objects, relation: bool | None = None) -> float:
     items = checklist(meta)
     passed = [relation if it.get("relation") and relation is not None else check(it, objects)[0] for it in items]
     return float(sum(passed)) / len(items)
+
+
+def colour_slot(words: Sequence[str]) -> int | None:
+    """Where a caption that names no colour would name its first object's: the index after the count word that
+    follows "of" ("a photo of two | circles"); None if it names a colour or has no such count word.
+
+    The pretrained captions list objects with colours half the time; greedy decoding splits that half over six
+    colour words and so skips colours most of the time, and a colour-free caption cannot refute a wrong colour. The
+    self judge (`caption colours`) puts the model's best colour word here and decodes on, and the listing keeps
+    colours from there."""
+    if any(w in COLOR_NAMES for w in words):
+        return None
+    return next((i + 1 for i in range(1, len(words)) if words[i] in NUMBERS and words[i - 1] == "of"), None)
 
 
 def caption_objects(caption: str, meta: dict):
