@@ -93,6 +93,16 @@ def test_proposer_sorts_by_area_and_keeps_top_k():
     np.testing.assert_array_equal(cut(img, (5, 5, 10, 10)).nonzero()[0], img[5:10, 5:10].nonzero()[0] + 5)
 
 
+def test_proposer_splits_touching_objects_of_different_colours():
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[2:8, 2:8] = (255, 0, 0)
+    img[2:8, 8:14] = (0, 0, 255)  # touches the red square
+    assert components_proposer(img, k=5) == [(2, 2, 8, 8), (8, 2, 14, 8)]
+    assert components_proposer(img, k=5, colour_tol=None) == [(2, 2, 14, 8)]  # colour-blind: one region
+    img[2:8, 8:14] = (230, 20, 10)  # the same colour up to render noise: one object
+    assert components_proposer(img, k=5) == [(2, 2, 14, 8)]
+
+
 def test_prompt_objects_name_each_distinct_object_once():
     assert prompt_objects("a photo of two red circles to the left of a large blue square") == [
         "a photo of a red circle",
