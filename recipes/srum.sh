@@ -14,6 +14,8 @@
 # .027); the whole backbone raised weak28 .057 -> .070 on 2000 held-out prompts (position .025 -> .065, attribute
 # binding .010 -> 0: the policy learned to leave the second object out), with --srum.missing .057 -> .076 (colours
 # .035 -> .150, position .025 -> .055, attribute binding .010 -> .010) in 34.5 min on a slow day (bench/RESULTS.md).
+# On the deterministic weak base (session 21) the online policy hid extra objects by drawing them touching the asked
+# ones (the proposer merged them): .124 -> .043; with the colour-aware proposer .124 -> .107, offline .056.
 # Both judge with `caption` scores by default (the tiny base's yes/no answers only see counts; bench/RESULTS.md).
 # Both sample images at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or
 # `--umm.min_p 0.03` (online) restores the authors' sampler.
