@@ -47,12 +47,11 @@ def main():
         v["greedy"].append(checklist_score(said, objects, relation) == 1)
         words = caption.split()
         k = colour_slot(words)
-        if k is not None:
-            ctx = model.chat(c, DESCRIBE) + model.ids(" ".join(words[:k]))
-            ctx += generate_text(model.backbone, [ctx], 1, [], allowed=colours)[0]
-            rest = generate_text(model.backbone, [ctx], 40, eos, model.layout.image_offset)[0]
-            said = ctx[len(model.chat(c, DESCRIBE)) :] + [t for t in rest if t != eos]
-            words = model.tokenizer.convert_ids_to_tokens(said)
+        if k is not None:  # as the executor's self_judge: the best colour word, then greedy on
+            said = model.ids(" ".join(words[:k]))
+            said += generate_text(model.backbone, [model.chat(c, DESCRIBE) + said], 1, [], allowed=colours)[0]
+            rest = generate_text(model.backbone, [model.chat(c, DESCRIBE) + said], 40, eos, model.layout.image_offset)
+            words = model.tokenizer.convert_ids_to_tokens(said + [t for t in rest[0] if t != eos])
         objects, said = caption_objects(" ".join(words), meta)
         v["colours"].append(checklist_score(said, objects, relation) == 1)
     print(f"{args.model}, {args.n} {args.split} prompts: right {right.mean():.3f}")

@@ -177,17 +177,19 @@ class UMMRolloutEngine:
     def _run(self, batch: list[_Request]) -> list[RequestOutput]:
         out = [None] * len(batch)
         groups = {}
+        pad, lay = self.umm.tokenizer.pad_token_id, self.umm.layout
         for i, r in enumerate(batch):
             p = r.params
             if getattr(p, "logprobs", None) is not None:
                 raise ValueError("the UMM engine does not return sampled-token logprobs; leave logprobs unset")
             kind = self._kind(p)
-            # Requests batch together when they sample alike; text turns also need the same stops and length.
+            # Requests batch together when they sample alike; text turns also need the same stops, length and token
+            # set. The whole text vocabulary (the usual set) is a cut of the logits, not a gather of every column.
             allowed = tuple(p.allowed_token_ids or ())
+            allowed = "text" if len(set(allowed)) == lay.image_offset else allowed
             text = (tuple(p.stop_token_ids or ()), p.max_tokens, allowed) if kind == "text" else ()
             key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), text)
             groups.setdefault(key, []).append(i)
-        pad, lay = self.umm.tokenizer.pad_token_id, self.umm.layout
         for (kind, adapter, temperature, top_k, min_p, text), idx in groups.items():
             with self._adapter(adapter):
                 if kind == "score":
@@ -196,9 +198,10 @@ class UMMRolloutEngine:
                 elif kind == "text":  # vLLM stops at EOS and at stop_token_ids, and keeps the stop token
                     stops, max_tokens, allowed = text
                     stop = {*stops, self.umm.tokenizer.eos_token_id}
-                    rows, allowed = [batch[i].ids for i in idx], allowed or None
+                    vocab, allowed = (lay.image_offset, None) if allowed == "text" else (None, allowed or None)
+                    rows = [batch[i].ids for i in idx]
                     texts = generate_text(
-                        self.umm.backbone, rows, max_tokens, stop, None, temperature, self.generator, pad, allowed
+                        self.umm.backbone, rows, max_tokens, stop, vocab, temperature, self.generator, pad, allowed
                     )
                     for i, row in zip(idx, texts):
                         reason = "stop" if row and row[-1] in stop else "length"
