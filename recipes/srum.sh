@@ -16,6 +16,9 @@
 # .035 -> .150, position .025 -> .055, attribute binding .010 -> .010) in 34.5 min on a slow day (bench/RESULTS.md).
 # On the deterministic weak base (session 21) the online policy hid extra objects by drawing them touching the asked
 # ones (the proposer merged them): .124 -> .043; with the colour-aware proposer .124 -> .107, offline .056.
+# Session 22: an extra object costs the whole background (--srum.extra), a stated relation is read off the boxes the
+# judge gave the two objects (--srum.relation), and every image token also gets its picture's advantage of the map
+# mean, weighted 3 (--srum.picture): .124 -> .155, attribute binding .005 -> .020, held-out position .060 -> .055.
 # Both judge with `caption` scores by default (the tiny base's yes/no answers only see counts; bench/RESULTS.md).
 # Both sample images at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or
 # `--umm.min_p 0.03` (online) restores the authors' sampler.
@@ -73,4 +76,4 @@ fi
 TAGS=${UMM_TAGS:-}
 source recipes/ppo_cpu.sh
 ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer caption --srum.assign true --srum.local_min true \
-  --srum.missing true "$@"
+  --srum.missing true --srum.extra true --srum.relation true --srum.picture 3 "$@"

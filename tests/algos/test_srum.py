@@ -63,6 +63,24 @@ def test_dense_advantages_per_position_and_per_sample():
     torch.testing.assert_close(dense_group_advantages(r, per="sample"), want)
 
 
+def test_the_picture_term_adds_each_samples_advantage_of_its_mean_to_every_token():
+    r = torch.tensor([[[1.0, 0.5], [0.0, 0.5], [0.5, 0.5]]])  # picture means .75, .25, .5: std .25, z = 1, -1, 0
+    adv = dense_group_advantages(r, per="position", eps=0.0, picture=0.5)
+    torch.testing.assert_close(adv, torch.tensor([[[1.5, 0.5], [-1.5, -0.5], [0.0, 0.0]]]))
+    # off the mask nothing is added; equal means add nothing
+    m = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [1.0, 1.0]]])
+    means = torch.tensor([1.0, 0.25, 0.5])
+    z = (means - means.mean()) / means.std()
+    want = dense_group_advantages(r, m, per="position", eps=0.0) + 0.5 * z[None, :, None] * m
+    torch.testing.assert_close(dense_group_advantages(r, m, per="position", eps=0.0, picture=0.5), want)
+    assert want[0, 0, 1] == 0
+    same = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    torch.testing.assert_close(
+        dense_group_advantages(same, per="position", eps=0.0, picture=1.0),
+        dense_group_advantages(same, per="position", eps=0.0),
+    )
+
+
 def test_dense_advantages_ignore_tokens_off_the_mask():
     r = torch.tensor([[[9.0, 1.0, 2.0], [-9.0, 0.0, 4.0]]])  # token 0 is a prompt token: not counted
     m = torch.tensor([[[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]])

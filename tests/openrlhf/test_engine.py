@@ -235,9 +235,11 @@ def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monk
     from umm_plugin.algos.srum import pool_to_grid
     from umm_plugin.rewards.srum import reward_map, self_judge
 
-    # recipe: the online recipe's map (assigned regions, local min, background by the share of objects found)
+    # recipe: the online recipe's map (assigned regions, local min, background by the shares of objects found and
+    # regions claimed, the relation read off the claimed boxes)
     flags = {"srum.scorer": scorer, "srum.k": 3, "srum.assign": recipe, "srum.local_min": recipe}
-    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({**flags, "srum.missing": recipe}))
+    flags.update({f"srum.{name}": recipe for name in ("missing", "extra", "relation")})
+    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps(flags))
     engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=srum_agent.__file__)
     params = SamplingParams(temperature=1.0, max_tokens=None)
     prompt = "a photo of a red circle to the left of a blue square"
@@ -246,8 +248,9 @@ def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monk
     n_prompt = len(umm.generation_prompt(prompt))
     codes = torch.stack([umm.layout.codes(r["observation_tokens"][n_prompt:]) for r in results])
     images = umm.vq.decode(codes)
-    boxes, local, g, found = self_judge(umm, images, [prompt] * 3, k=3, scorer=scorer, assign=recipe)
-    maps = torch.stack([reward_map(*a, 32, recipe, f) for a, f in zip(zip(boxes, local, g.tolist()), found.tolist())])
+    boxes, local, g, found, claimed = self_judge(umm, images, [prompt] * 3, 3, scorer, assign=recipe, relation=recipe)
+    bg = (found * claimed).tolist()
+    maps = torch.stack([reward_map(*a, 32, recipe, b) for a, b in zip(zip(boxes, local, g.tolist()), bg)])
     for r, cells, m, f in zip(results, pool_to_grid(maps, umm.layout.grid), maps, found.tolist()):
         assert r["token_rewards"][:n_prompt] == [0.0] * n_prompt
         want = torch.tensor(umm.layout.spread(cells.tolist()))  # a cell's value on its code, 0 on each <EOL>

@@ -11,6 +11,7 @@ from umm_plugin.rewards.srum import (
     object_counts,
     parse_verdict,
     prompt_objects,
+    relation_holds,
     reward_map,
     self_judge,
     text_scores,
@@ -51,15 +52,16 @@ def test_missing_objects_lower_the_background_only(local_min):
     if local_min:
         want[2:6, 2:6] = 0.25
     want[6:8, 6:8] = 0.5
-    torch.testing.assert_close(reward_map(BOXES, LOCAL, 1.0, 8, local_min, found=0.5), want, rtol=0, atol=1e-7)
-    torch.testing.assert_close(reward_map(BOXES, LOCAL, 0.0, 8, local_min, found=0.5), want / 2, rtol=0, atol=1e-7)
+    half = {"local_min": local_min, "background": 0.5}
+    torch.testing.assert_close(reward_map(BOXES, LOCAL, 1.0, 8, **half), want, rtol=0, atol=1e-7)
+    torch.testing.assert_close(reward_map(BOXES, LOCAL, 0.0, 8, **half), want / 2, rtol=0, atol=1e-7)
 
 
 def test_reward_map_checks_its_inputs():
     with pytest.raises(ValueError, match="3 boxes but 2 local scores"):
         reward_map(BOXES, LOCAL[:2], 0.0, 8)
-    with pytest.raises(ValueError, match="found 1.5"):
-        reward_map(BOXES, LOCAL, 0.0, 8, found=1.5)
+    with pytest.raises(ValueError, match="background 1.5"):
+        reward_map(BOXES, LOCAL, 0.0, 8, background=1.5)
 
 
 def test_proposer_finds_every_ground_truth_object_without_the_scene():
@@ -122,18 +124,63 @@ def test_assigned_regions_claim_no_more_copies_than_the_prompt_asks_for():
             owners.append((0, b, j))
             values.append(v)
     boxes = [[(0, 0, 1, 1)] * 4]
-    best, g, found = collect_scores(boxes, owners, values)
+    best, g, found, claimed = collect_scores(boxes, owners, values, [prompt])
     torch.testing.assert_close(best[0], torch.tensor([0.9, 0.8, 0.7, 0.65]))  # the authors': every best match
-    assigned, g2, found2 = collect_scores(boxes, owners, values, [list(object_counts(prompt).values())])
+    assigned, g2, found2, claimed2 = collect_scores(boxes, owners, values, [prompt], assign=True)
     # .9 takes the circle (region 0); .8 wants the circle too, which is taken; .7 and .65 take both squares; region
     # 1's square answer (.3) comes after both squares are gone, so it is left over: -1
     torch.testing.assert_close(assigned[0], torch.tensor([0.9, -1.0, 0.7, 0.65]))
     assert g.item() == g2.item() == pytest.approx(0.1)
     assert found.item() == found2.item() == 1.0  # every asked object (circle, two squares) claimed a region
+    assert claimed.item() == 1.0 and claimed2.item() == 0.75  # 3 of the 4 regions claimed
     # regions 0 and 1 only: .9 takes the circle, region 1 falls back to a square (.3): 2 of the 3 asked are found
-    few_local, _, few = collect_scores([boxes[0][:2]], owners[:5], values[:5], [list(object_counts(prompt).values())])
+    few_local, _, few, few_claimed = collect_scores([boxes[0][:2]], owners[:5], values[:5], [prompt], assign=True)
     torch.testing.assert_close(few_local[0], torch.tensor([0.9, 0.3]))
-    assert few.item() == pytest.approx(2 / 3)
+    assert few.item() == pytest.approx(2 / 3) and few_claimed.item() == 1.0
+
+
+def test_a_stated_relation_is_read_off_the_claimed_boxes():
+    prompt = "a photo of a circle to the left of a square"
+    structure = parse_prompt(prompt)
+    left, right, far_right = (0, 0, 4, 4), (10, 0, 14, 4), (20, 0, 24, 4)
+    assert relation_holds(structure, [left, right], [0, 1]) == 1.0
+    assert relation_holds(structure, [left, right], [1, 0]) == -1.0  # the mirror
+    assert relation_holds(structure, [left, right], [0, -1]) == -1.0  # no square claimed
+    # every circle must stand left of every square (GenEval's rule): a second circle right of the square breaks it
+    assert (
+        relation_holds(
+            parse_prompt("a photo of two circles to the left of a square"), [left, right, far_right], [0, 1, 0]
+        )
+        == -1.0
+    )
+    assert relation_holds(structure, [left, (1, 0, 5, 4)], [0, 1]) == -1.0  # nearly on top: no relation
+    with pytest.raises(ValueError, match="one object on both sides"):
+        relation_holds(Structure((Group(1, "circle"), Group(1, "circle")), "left of"), [left, right], [0, 0])
+
+    # g = .4 on both; the relation holds in image 0 (circle claims the left box) and not in image 1 (mirrored)
+    owners = [(0, -1, -1), (0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
+    owners += [(1, -1, -1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)]
+    values = [0.4, 0.9, -0.6, -0.7, 0.8] + [0.4, -0.7, 0.8, 0.9, -0.6]
+    boxes = [[left, right], [left, right]]
+    _, g, _, _ = collect_scores(boxes, owners, values, [prompt] * 2, assign=True, relation=True)
+    torch.testing.assert_close(g, torch.tensor([(0.4 + 1) / 2, (0.4 - 1) / 2]))
+    _, g_off, _, _ = collect_scores(boxes, owners, values, [prompt] * 2, assign=True)
+    torch.testing.assert_close(g_off, torch.tensor([0.4, 0.4]))
+    # a prompt without a relation keeps the model's own g
+    _, g_plain, _, _ = collect_scores(
+        boxes[:1], owners[:5], values[:5], ["a photo of a circle and a square"], True, True
+    )
+    torch.testing.assert_close(g_plain, torch.tensor([0.4]))
+
+
+def test_srum_config_checks_its_switches():
+    from umm_plugin.openrlhf.srum import SRUMConfig
+
+    with pytest.raises(ValueError, match="srum extra needs assign"):
+        SRUMConfig(extra=True)
+    with pytest.raises(ValueError, match="srum missing needs assign"):
+        SRUMConfig(missing=True)
+    assert SRUMConfig(assign=True, extra=True, relation=True).relation
 
 
 @pytest.mark.parametrize(
@@ -169,8 +216,8 @@ def test_self_judge_scores_every_box_and_the_layout(tiny_umm):
     metas = make_prompts(4, "train", 3)
     images = np.stack([render(sample_scene(x, rng)) for x in metas])
     prompts = [x["prompt"] for x in metas]
-    boxes, local, g, found = self_judge(m, images, prompts, k=3)
-    assert found.tolist() == [1.0] * 4  # without assign nothing is counted missing
+    boxes, local, g, found, claimed = self_judge(m, images, prompts, k=3)
+    assert found.tolist() == claimed.tolist() == [1.0] * 4  # without assign nothing is missing or extra
     assert [len(b) for b in boxes] == [min(3, len(components_proposer(i, 10))) for i in images]
     assert [len(s) for s in local] == [len(b) for b in boxes]
     assert g.shape == (4,) and bool((g.abs() <= 1).all())

@@ -34,7 +34,11 @@ def pool_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def dense_group_advantages(
-    rewards: torch.Tensor, mask: torch.Tensor | None = None, per: str = "position", eps: float = 1e-4
+    rewards: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    per: str = "position",
+    eps: float = 1e-4,
+    picture: float = 0.0,
 ) -> torch.Tensor:
     """rewards [P, G, L] (one per token), mask [P, G, L] (1 on the tokens that count) -> advantages, 0 off the mask.
 
@@ -43,6 +47,9 @@ def dense_group_advantages(
     per="sample": against all cells of all the group's samples; a background cell then scores against object
     cells and the signal mostly says "be like the average cell", which is why it is not the default.
     std is the unbiased one over the counted cells, as in `group_advantages`.
+    picture > 0 adds picture x each sample's GRPO advantage of its mean counted reward to all its counted tokens: a
+    choice that costs the whole picture (an extra object lowers the background everywhere) is then credited on every
+    token that made it, not only on the cells where the pictures differ.
     """
     if rewards.dim() != 3 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be [num_prompts, group >= 2, tokens], got {tuple(rewards.shape)}")
@@ -55,5 +62,10 @@ def dense_group_advantages(
     n = m.sum(dims, keepdim=True)
     mean = (rewards * m).sum(dims, keepdim=True) / n.clamp(min=1)
     std = (((rewards - mean) ** 2 * m).sum(dims, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
-    adv = (rewards - mean) / (std + eps) * m
-    return adv.masked_fill((std <= 1e-6) | (n < 2), 0.0)
+    adv = ((rewards - mean) / (std + eps) * m).masked_fill((std <= 1e-6) | (n < 2), 0.0)
+    if picture:
+        means = (rewards * m).sum(-1) / m.sum(-1).clamp(min=1)  # [P, G]
+        spread = means.std(1, keepdim=True)
+        z = ((means - means.mean(1, keepdim=True)) / (spread + eps)).masked_fill(spread <= 1e-6, 0.0)
+        adv = adv + picture * z[..., None] * m
+    return adv

@@ -131,7 +131,7 @@ def gvu_grpo(rewards: torch.Tensor):
 def srum_dense(token_rewards: torch.Tensor, action_mask: torch.Tensor, rewards: torch.Tensor):
     """The `srum_dense` token-level estimator: SRUM's map pooled per image token, normalised within the group."""
     cfg = srum_config()
-    adv = dense_group_advantages(token_rewards.float(), action_mask, cfg.per, cfg.eps)
+    adv = dense_group_advantages(token_rewards.float(), action_mask, cfg.per, cfg.eps, cfg.picture)
     counted = action_mask.sum(-1).clamp(min=1)
     return adv, {"zero_advantage_tokens": ((adv == 0) & (action_mask > 0)).sum(-1) / counted}
 

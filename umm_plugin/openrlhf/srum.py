@@ -56,10 +56,31 @@ class SRUMConfig:
             "region, so leaving an object out costs where it could have been drawn (authors: 0.5, false)."
         },
     )
+    extra: bool = field(
+        default=False,
+        metadata={
+            "help": "With assign: the background is also scaled by the share of regions a prompt object claimed, so "
+            "an extra object costs the whole picture as a missing one does (authors: false)."
+        },
+    )
+    relation: bool = field(
+        default=False,
+        metadata={
+            "help": "Prompts with a relation: g becomes (g + r) / 2, r = +1 if the regions the judge gave the two "
+            "objects stand in it by GenEval's box rule, else -1 (authors: the VLM's own global answer, false)."
+        },
+    )
     lam: float = field(default=0.5, metadata={"help": "Weight of the unweighted reference term (authors: 0.5)."})
     per: str = field(
         default="position",
         metadata={"help": "Online: normalise each token's reward within its group per position or per sample."},
+    )
+    picture: float = field(
+        default=0.0,
+        metadata={
+            "help": "Online: add this x each picture's group advantage of its map mean to all its image tokens, so a "
+            "choice that costs the whole map (an extra object) is credited on every token (0: cells only)."
+        },
     )
     eps: float = field(default=1e-4, metadata={"help": "Online: advantage denominator std + eps."})
 
@@ -69,10 +90,12 @@ class SRUMConfig:
                 raise ValueError(f"srum {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.k < 1:
             raise ValueError(f"srum k {self.k} must be at least 1")
+        if self.extra and not self.assign:
+            raise ValueError("srum extra needs assign: without it every region counts as a prompt object")
         if self.missing and not self.assign:
             raise ValueError("srum missing needs assign: only assigned regions say which prompt objects were drawn")
-        if self.lam < 0 or self.eps <= 0:
-            raise ValueError(f"srum lam {self.lam} must be >= 0 and eps {self.eps} > 0")
+        if self.lam < 0 or self.eps <= 0 or self.picture < 0:
+            raise ValueError(f"srum lam {self.lam} and picture {self.picture} must be >= 0 and eps {self.eps} > 0")
 
 
 @dataclass
@@ -114,11 +137,13 @@ def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, min_p: flo
     from umm_plugin.rewards.srum import reward_map, self_judge
 
     codes, images = generate_images(model, prompts, seed=int(torch.randint(1 << 30, (1,), generator=gen)), min_p=min_p)
-    boxes, local, g, found = self_judge(model, images, prompts, cfg.k, cfg.scorer, assign=cfg.assign)
-    found = found if cfg.missing else torch.ones_like(found)
+    boxes, local, g, found, claimed = self_judge(
+        model, images, prompts, cfg.k, cfg.scorer, assign=cfg.assign, relation=cfg.relation
+    )
+    bg = (found if cfg.missing else 1) * (claimed if cfg.extra else 1) * torch.ones_like(found)
     size = images.shape[1]
     maps = torch.stack(
-        [reward_map(b, s, gi, size, cfg.local_min, f) for b, s, gi, f in zip(boxes, local, g.tolist(), found.tolist())]
+        [reward_map(b, s, gi, size, cfg.local_min, f) for b, s, gi, f in zip(boxes, local, g.tolist(), bg.tolist())]
     )
     return {"prompts": prompts, "codes": codes, "images": images, "maps": maps, "global": g, "boxes": boxes}
 

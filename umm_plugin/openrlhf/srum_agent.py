@@ -5,10 +5,10 @@ For one prompt sample: generate the image tokens, render them with the diffusion
 own picture the SRUM way (`rewards/srum.py`: regions from the proposer, a local score per region, a global score,
 the reward map; `--srum.scorer prob` or `caption`). The map pooled onto the image-token grid is returned as
 `token_rewards`, one per image token (patch 0006 carries them to the `srum_dense` estimator, which normalises each
-token within its group). The scores come from `generate(..., prompt_logprobs=0)` calls (the numbers
-`rewards/srum.py` computes in one pass), so the same executor runs on vLLM; `--umm.judge reference` asks the
-LoRA-free weights. The scalar `reward` (logged) is the map's mean; the ShapesWorld evaluator is logged beside it,
-never used as reward.
+token within its group, plus `--srum.picture` x the picture's own group advantage of its map mean). The scores come
+from `generate(..., prompt_logprobs=0)` calls (the numbers `rewards/srum.py` computes in one pass), so the same
+executor runs on vLLM; `--umm.judge reference` asks the LoRA-free weights. The scalar `reward` (logged) is the
+map's mean; the ShapesWorld evaluator is logged beside it, never used as reward.
 """
 
 import asyncio
@@ -27,7 +27,6 @@ from umm_plugin.rewards.srum import (
     YES,
     collect_scores,
     judge_questions,
-    object_counts,
     reward_map,
 )
 
@@ -77,14 +76,14 @@ class AgentExecutor(UMMExecutor):
         values = await self.judge(llm_engine, sampling_params, q_codes, questions)
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
-        capacity = [list(object_counts(prompt).values())] if self.srum.assign else None
-        local, g, found = collect_scores(boxes, owners, values, capacity)
-        found = found.item() if self.srum.missing else 1.0
-        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min, found)
+        cfg = self.srum
+        local, g, found, claimed = collect_scores(boxes, owners, values, [prompt], cfg.assign, cfg.relation)
+        bg = (found.item() if self.srum.missing else 1.0) * (claimed.item() if self.srum.extra else 1.0)
+        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min, bg)
         cells = pool_to_grid(m[None], lay.grid)[0]
 
         logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
-        logs["srum_found"] = found
+        logs.update(srum_found=found.item(), srum_claimed=claimed.item())
         token_rewards = [0.0] * len(ids) + lay.spread(cells.tolist())
         reward = m.mean().item()  # logged; the estimator reads token_rewards
         actions = [(len(ids), len(ids) + len(tokens))]

@@ -10,6 +10,10 @@ max(M, (s + 1) / 2), then M * (g + 1) / 2. Where we differ, each is a switch:
 - `assign=True` lets each prompt object claim at most as many regions as the prompt asks for (best score first); a
   region left over scores -1. The authors' best-match score rewards every extra copy of a prompt object, which an
   online policy learns to exploit (measured: 8.6 objects per image after 64 steps, bench/RESULTS.md).
+- `relation=True` reads a stated relation off the boxes the assignment gave the prompt's two objects (GenEval's box
+  rule) and averages it into g: the tiny model's own answers score a relation and its mirror alike.
+- `collect_scores` also returns the shares of asked objects found and of regions claimed, which the recipes use to
+  scale the background (a missing or an extra object then costs the whole picture).
 The tiny ShapesWorld model is pretrained to answer "is this <prompt> ?" with yes or no (from the world's own check,
 on clean, broken and its own images); that is the question, yes = "yes", no = "no". A chat VLM swaps `question`,
 `yes` and `no`. A region is asked about on its own: the box is cut onto an empty canvas and compared with every
@@ -25,6 +29,7 @@ import torch
 
 from umm_plugin.models.generation import continuation_logprobs, generate_text, left_pad
 from umm_plugin.models.umm import ASK, DESCRIBE
+from umm_plugin.worlds.evaluator import relative_position
 from umm_plugin.worlds.grammar import Group, Structure, parse_prompt
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, end exclusive
@@ -71,16 +76,16 @@ def components_proposer(
 
 
 def reward_map(
-    boxes: list[Box], local: torch.Tensor, g: float, size: int, local_min: bool = False, found: float = 1.0
+    boxes: list[Box], local: torch.Tensor, g: float, size: int, local_min: bool = False, background: float = 1.0
 ) -> torch.Tensor:
     """[size, size] map from boxes, their scores s in [-1, 1] and the global score g in [-1, 1]. The background
-    is 0.5 * found, `found` being the share of the prompt's objects that claimed a region (`collect_scores`): 1 is
-    the authors' map."""
+    is 0.5 * `background`: 1 is the authors' map; the online recipe passes the share of the prompt's objects found
+    times the share of regions claimed (`collect_scores`), so a missing and an extra object both cost."""
     if len(boxes) != len(local):
         raise ValueError(f"{len(boxes)} boxes but {len(local)} local scores")
-    if not 0 <= found <= 1:
-        raise ValueError(f"found {found} must lie in [0, 1]")
-    m = torch.full((size, size), 0.5 * found)
+    if not 0 <= background <= 1:
+        raise ValueError(f"background {background} must lie in [0, 1]")
+    m = torch.full((size, size), 0.5 * background)
     if local_min:
         boxed = torch.full((size, size), float("inf"))
         for (x0, y0, x1, y1), s in zip(boxes, local.tolist()):
@@ -199,46 +204,66 @@ def judge_questions(model, images: np.ndarray, prompts: list[str], k: int = 5, p
     return boxes, torch.stack(codes), questions, owners
 
 
-def collect_scores(boxes, owners, values, capacity=None):
-    """Answers to `judge_questions` -> (local scores per image, global scores [N], found [N]). A region's score is
-    its best over the prompt's objects; with `capacity` (per image, how many regions each prompt object may claim:
-    `object_counts`) regions are assigned to objects greedily, best score first, a region left over scores -1, and
-    found is the share of the asked objects that claimed a region (else 1)."""
+def relation_holds(structure: Structure, boxes: list[Box], claims: list[int]) -> float:
+    """+1 if every region claimed by the prompt's first object stands in its relation to every region claimed by the
+    second (GenEval's box rule, `relative_position`), else -1 (also when either claimed none)."""
+    objects = prompt_objects(structure.text())
+    if len(objects) != 2:
+        raise ValueError(f"{structure.text()!r} names one object on both sides of its relation: turn relation off")
+    a, b = ([box for box, c in zip(boxes, claims) if c == j] for j in (0, 1))
+    ok = a and b and all(structure.relation in relative_position(x, y) for x in a for y in b)
+    return 1.0 if ok else -1.0
+
+
+def collect_scores(boxes, owners, values, prompts, assign=False, relation=False):
+    """Answers to `judge_questions` -> (local scores per image, global scores [N], found [N], claimed [N]).
+    A region's score is its best over the prompt's objects. With `assign` each prompt object claims at most as many
+    regions as the prompt asks for (`object_counts`), best score first, and a region left over scores -1; found is
+    the share of the asked objects that claimed a region and claimed the share of regions claimed (both 1 without).
+    With `relation`, a prompt that states one has g replaced by (g + r) / 2, r = `relation_holds` on the claims: the
+    tiny model's own answers cannot tell a relation from its mirror (bench/RESULTS.md), the boxes can."""
     local = [torch.full((len(b),), -1.0) for b in boxes]
-    glob = torch.zeros(len(boxes))
-    found = torch.ones(len(boxes))
+    claims = [[-1] * len(b) for b in boxes]
+    glob, found, claimed = torch.zeros(len(boxes)), torch.ones(len(boxes)), torch.ones(len(boxes))
     pairs = []
     for (i, b, j), v in zip(owners, values, strict=True):
         if b < 0:
             glob[i] = v
         else:
             pairs.append((v, i, b, j))
-    if capacity is None:
-        for v, i, b, _ in pairs:
-            local[i][b] = max(local[i][b].item(), v)
-        return local, glob, found
-    left, taken = [list(c) for c in capacity], set()
+    counts = [list(object_counts(p).values()) for p in prompts]
+    left = [list(c) if assign else [len(b)] * len(c) for c, b in zip(counts, boxes, strict=True)]
     for v, i, b, j in sorted(pairs, key=lambda p: -p[0]):
-        if (i, b) not in taken and left[i][j] > 0:
-            local[i][b], left[i][j] = v, left[i][j] - 1
-            taken.add((i, b))
-    for i, c in enumerate(capacity):
-        found[i] = 1 - sum(left[i]) / max(sum(c), 1)
-    return local, glob, found
+        if claims[i][b] < 0 and left[i][j] > 0:
+            local[i][b], claims[i][b], left[i][j] = v, j, left[i][j] - 1
+    for i, prompt in enumerate(prompts):
+        if assign:
+            found[i] = 1 - sum(left[i]) / max(sum(counts[i]), 1)
+            claimed[i] = sum(c >= 0 for c in claims[i]) / len(claims[i]) if claims[i] else 1.0
+        structure = parse_prompt(prompt)
+        if relation and structure.relation:
+            glob[i] = (glob[i] + relation_holds(structure, boxes[i], claims[i])) / 2
+    return local, glob, found, claimed
 
 
 def self_judge(
-    model, images: np.ndarray, prompts: list[str], k: int = 5, scorer: str = "prob", proposer=None, assign=False
+    model,
+    images: np.ndarray,
+    prompts: list[str],
+    k: int = 5,
+    scorer: str = "prob",
+    proposer=None,
+    assign=False,
+    relation=False,
 ):
     """The model's own SRUM scores for its images [N, H, W, 3]: (boxes per image, local scores per image [n_boxes],
-    global scores [N], found [N]). Every question of the batch is asked in one go; `assign` as in `collect_scores`."""
+    global scores [N], found [N], claimed [N]). Every question of the batch is asked in one go; `assign` and
+    `relation` as in `collect_scores`."""
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
     boxes, codes, questions, owners = judge_questions(model, images, prompts, k, proposer)
-    score = SCORERS[scorer]
-    capacity = [list(object_counts(p).values()) for p in prompts] if assign else None
-    local, glob, found = collect_scores(boxes, owners, score(model, codes, questions).tolist(), capacity)
-    return boxes, local, glob, found
+    values = SCORERS[scorer](model, codes, questions).tolist()
+    return boxes, *collect_scores(boxes, owners, values, prompts, assign, relation)
 
 
 SCORERS = {"prob": yes_no_scores, "caption": caption_scores, "text": text_scores}
