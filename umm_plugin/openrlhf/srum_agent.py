@@ -78,8 +78,8 @@ class AgentExecutor(UMMExecutor):
             raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
         cfg = self.srum
         local, g, found, claimed = collect_scores(boxes, owners, values, [prompt], cfg.assign, cfg.relation)
-        bg = (found.item() if self.srum.missing else 1.0) * (claimed.item() if self.srum.extra else 1.0)
-        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], self.srum.local_min, bg)
+        bg = (found.item() if cfg.missing else 1.0) * (claimed.item() if cfg.extra else 1.0)
+        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], cfg.local_min, bg)
         cells = pool_to_grid(m[None], lay.grid)[0]
 
         logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
