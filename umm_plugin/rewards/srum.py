@@ -232,6 +232,7 @@ def collect_scores(boxes, owners, values, prompts, assign=False, relation=False)
         else:
             pairs.append((v, i, b, j))
     counts = [list(object_counts(p).values()) for p in prompts]
+    # Without assign every object may claim every region, so each region takes its best match (the authors' score).
     left = [list(c) if assign else [len(b)] * len(c) for c, b in zip(counts, boxes, strict=True)]
     for v, i, b, j in sorted(pairs, key=lambda p: -p[0]):
         if claims[i][b] < 0 and left[i][j] > 0:
@@ -240,8 +241,7 @@ def collect_scores(boxes, owners, values, prompts, assign=False, relation=False)
         if assign:
             found[i] = 1 - sum(left[i]) / max(sum(counts[i]), 1)
             claimed[i] = sum(c >= 0 for c in claims[i]) / len(claims[i]) if claims[i] else 1.0
-        structure = parse_prompt(prompt)
-        if relation and structure.relation:
+        if relation and (structure := parse_prompt(prompt)).relation:
             glob[i] = (glob[i] + relation_holds(structure, boxes[i], claims[i])) / 2
     return local, glob, found, claimed
 
