@@ -6,8 +6,11 @@
 2. For position prompts of both splits: the share right, with both objects drawn exactly once, and with the
    relation right given that. The held-out layouts are mirrors of trained ones (bench/RESULTS.md, session 22), so a
    policy that learns the pair's arrangement instead of the relation word rises on train and falls on held-out.
+3. Whether the model reads the relation word at all: the share of images drawn token for token the same when a
+   position prompt's relation is swapped for its mirror ("left of" <-> "right of", "above" <-> "below") under the
+   same sampling noise (the weak base: .86).
 
-    python bench/srum_judge.py --model runs/shapes-weak [--n 200] [--position-n 400]
+    python bench/srum_judge.py --model runs/shapes-weak [--n 200] [--position-n 400] [--mirror-n 40]
 """
 
 import argparse
@@ -20,7 +23,7 @@ from umm_plugin.eval import generate_images, roc_auc
 from umm_plugin.models.umm import UMM
 from umm_plugin.rewards.srum import QUESTION, SCORERS
 from umm_plugin.worlds.evaluator import detect, evaluate
-from umm_plugin.worlds.grammar import make_prompts
+from umm_plugin.worlds.grammar import MIRROR, Structure, make_prompts, prompt_pool
 
 TAGS = ("two_object", "position", "color_attr", "counting")
 
@@ -31,6 +34,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--n", type=int, default=200, help="train prompts per category for the global score (0 = skip)")
     ap.add_argument("--position-n", type=int, default=400, help="position prompts per split (0 = skip)")
+    ap.add_argument("--mirror-n", type=int, default=40, help="images per position layout for part 3 (0 = skip)")
     args = ap.parse_args()
     model = UMM.from_pretrained(args.model)
     for tag in TAGS if args.n else ():
@@ -61,6 +65,14 @@ def main():
             f"relation right given both {n['relation'] / max(n['both'], 1):.3f}",
             flush=True,
         )
+    same = []
+    for s in (prompt_pool("position", "train") + prompt_pool("position", "eval")) if args.mirror_n else ():
+        if s.relation in ("left of", "above"):  # each prompt pair once: the other says "right of" / "below"
+            a, _ = generate_images(model, [s.text()] * args.mirror_n, seed=4)
+            b, _ = generate_images(model, [Structure(s.groups, MIRROR[s.relation]).text()] * args.mirror_n, seed=4)
+            same.append((a == b).flatten(1).all(1).float().mean().item())
+    if same:
+        print(f"relation word mirrored, same noise: identical images {np.mean(same):.3f} ({len(same)} prompt pairs)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@
 # Both sample images at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or
 # `--umm.min_p 0.03` (online) restores the authors' sampler.
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
-# UMM_OUT (run dir: runs/srum[_offline][_smoke]), UMM_TAGS (online training categories, below).
+# UMM_OUT (run dir: runs/srum[_offline][_smoke]), UMM_TAGS (online training categories, below), PROMPT_FLAGS (more
+# `umm-plugin shapes prompts` flags online, e.g. --paired-relations; session 23 measured it, bench/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${UMM_PYTHON:-.venv/bin/python}
@@ -72,9 +73,10 @@ if [ "$SMOKE" = 1 ]; then
 else
   PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=400
 fi
-# UMM_TAGS=two_object,position,...: train on these categories only (`umm-plugin shapes prompts --tags`); default all
-# ten. Training on four compositional ones (two objects, colours, position, attribute binding) did worse on those
-# very categories than training on all ten (bench/RESULTS.md, session 16).
+# UMM_TAGS=two_object,position,...: train on these categories only (`umm-plugin shapes prompts --tags`; one listed
+# twice is drawn twice as often); default all ten. Training on four compositional ones (two objects, colours,
+# position, attribute binding) did worse on those very categories than training on all ten (bench/RESULTS.md,
+# session 16); position listed four times raised held-out position in one run of two (session 23).
 TAGS=${UMM_TAGS:-}
 source recipes/ppo_cpu.sh
 ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer caption --srum.assign true --srum.local_min true \

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from umm_plugin.cli import main
+from umm_plugin.worlds.grammar import prompt_pool
 
 
 def cli(*args):
@@ -85,3 +86,10 @@ def test_prompts_cycle_through_the_chosen_categories_only(tmp_path):
     assert [r["tag"] for r in rows] == ["position", "color_attr"] * 3
     r = cli("shapes", "prompts", "--tags", "position,colour", "--out", str(out))
     assert r.returncode == 2 and "unknown categories colour; use any of single_object" in r.stderr
+    # a category listed twice is drawn twice as often; --paired-relations keeps relation layouts with their mirror
+    tags = "position,colors,position"
+    main(["shapes", "prompts", "--n", "60", "--tags", tags, "--paired-relations", "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["tag"] for r in rows] == ["position", "colors", "position"] * 20
+    paired = {s.text() for s in prompt_pool("position", "train", paired=True)}
+    assert {r["prompt"] for r in rows if r["tag"] == "position"} <= paired

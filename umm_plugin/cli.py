@@ -64,6 +64,11 @@ def build_parser():
     prm.add_argument("--n", type=int, default=1000, help="Prompts, cycling through the categories.")
     prm.add_argument("--seed", type=int, default=0)
     prm.add_argument("--tags", type=_tags, default=TAGS, help="Comma-separated categories to cycle through (all).")
+    prm.add_argument(
+        "--paired-relations",
+        action="store_true",
+        help="Relation prompts only for layouts whose mirror is in the split too (see grammar.prompt_pool).",
+    )
     prm.add_argument("--out", required=True)
 
     gen = sub.add_parser("generate", help="Sample images for a prompt into a PNG grid.")
@@ -145,7 +150,7 @@ def run(args) -> None:
     elif args.cmd == "shapes" and args.shapes_cmd == "prompts":
         from umm_plugin.worlds.grammar import make_prompts, save_prompts
 
-        save_prompts(args.out, make_prompts(args.n, args.split, args.seed, args.tags))
+        save_prompts(args.out, make_prompts(args.n, args.split, args.seed, args.tags, args.paired_relations))
         print(f"wrote {args.out} ({args.n} {args.split} prompts)")
     elif args.cmd == "generate":
         from umm_plugin.eval import generate_images, save_grid

@@ -9,6 +9,7 @@ from umm_plugin.worlds.grammar import (
     MIRROR,
     TAGS,
     PromptError,
+    Structure,
     _structures,
     describe,
     load_prompts,
@@ -116,6 +117,23 @@ def test_splits_are_disjoint_and_cover_every_category():
     # mirrored relations share a key, so a held-out relation is not seen mirrored in training
     s = parse_prompt("a photo of a circle to the left of a square")
     assert s.key() == parse_prompt("a photo of a square to the right of a circle").key()
+
+
+def test_paired_pools_keep_a_relation_layout_only_with_its_mirror():
+    for tag in TAGS:
+        full, paired = prompt_pool(tag, "train"), prompt_pool(tag, "train", paired=True)
+        assert set(paired) <= set(full)
+        kept = {s.key() for s in paired}
+        for s in full:
+            mirror = Structure(s.groups[::-1], s.relation).key()
+            assert (s in paired) == (not s.relation or mirror in kept), s.text()
+        assert (len(paired) < len(full)) == tag.startswith("position"), tag
+    # "a circle left of a triangle" is trained, its mirror layout held out: paired sampling never asks for it
+    s = parse_prompt("a photo of a circle to the left of a triangle")
+    assert s in prompt_pool("position", "train") and s not in prompt_pool("position", "train", paired=True)
+    assert Structure(s.groups[::-1], s.relation) in prompt_pool("position", "eval")
+    prompts = {m["prompt"] for m in make_prompts(300, "train", 0, tags=("position",), paired=True)}
+    assert prompts == {s.text() for s in prompt_pool("position", "train", paired=True)}
 
 
 def test_sampling_is_seeded():

@@ -217,22 +217,32 @@ def _structures(tag: str):
 
 
 @cache
-def prompt_pool(tag: str, split: str) -> tuple[Structure, ...]:
-    """The structures of one category in one split. Splits are disjoint by `Structure.key`, fixed for all seeds."""
+def prompt_pool(tag: str, split: str, paired: bool = False) -> tuple[Structure, ...]:
+    """The structures of one category in one split. Splits are disjoint by `Structure.key`, fixed for all seeds.
+
+    paired: keep a relation structure only if its mirror layout (the two groups swapped, same relation) is in the
+    split too, so that a reward for the relation can only be earned by reading its word: a pair trained in one
+    arrangement pays for that arrangement whatever the word says (bench/RESULTS.md, sessions 22-23).
+    """
     if split not in ("train", "eval"):
         raise PromptError(f"unknown split {split!r}: use 'train' or 'eval'")
     structs = _structures(tag)
     keys = sorted({s.key() for s in structs}, key=lambda k: hashlib.md5(k.encode()).hexdigest())
     held = {k for i, k in enumerate(keys) if i % EVAL_EVERY == 0}
-    return tuple(s for s in structs if (s.key() in held) == (split == "eval"))
+    pool = tuple(s for s in structs if (s.key() in held) == (split == "eval"))
+    if paired:
+        keys = {s.key() for s in pool}
+        pool = tuple(s for s in pool if not s.relation or Structure(s.groups[::-1], s.relation).key() in keys)
+    return pool
 
 
-def make_prompts(n: int, split: str, seed: int, tags=TAGS) -> list[dict]:
-    """n metadata records cycling through `tags`, each drawn uniformly from that category's split."""
+def make_prompts(n: int, split: str, seed: int, tags=TAGS, paired: bool = False) -> list[dict]:
+    """n metadata records cycling through `tags`, each drawn uniformly from that category's split (see `prompt_pool`
+    for `paired`)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        pool = prompt_pool(tags[i % len(tags)], split)
+        pool = prompt_pool(tags[i % len(tags)], split, paired)
         out.append(pool[rng.integers(len(pool))].meta())
     return out
 
