@@ -3,7 +3,8 @@
 # Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N, LR (default 2e-4), LORA_RANK (default 8: LoRA r 8 α 32
 # on every linear layer; 0: full fine-tuning), KL_BETA (k3 KL loss coefficient, default the authors' 0.03),
 # LR_SCHEDULER and MIN_LR_RATIO (default constant lr), TAGS (training prompts' categories, comma-separated; default
-# all ten), PROMPT_FLAGS (more `umm-plugin shapes prompts` flags) and PRETRAIN_FLAGS from the recipe; pretrains the weak base (with PRETRAIN_FLAGS) if missing.
+# all ten), PROMPT_FLAGS (more `umm-plugin shapes prompts` flags) and PRETRAIN_FLAGS from the recipe; pretrains the
+# weak base (with PRETRAIN_FLAGS) if missing.
 # On GPUs drop --ds.device, --ds.param_dtype fp32, --vllm.sync_backend gloo and --rollout.engine to roll out on vLLM.
 # Rollouts sample images at plain T 1 (--umm.min_p 0): under the authors' min-p 0.03 the ShapesWorld weak base
 # draws almost nothing (held-out accuracy .000, 1.13 objects an image); pass `--umm.min_p 0.03` for their sampler.
