@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--n", type=int, default=200, help="train prompts per category for the global score (0 = skip)")
     ap.add_argument("--position-n", type=int, default=400, help="position prompts per split (0 = skip)")
-    ap.add_argument("--mirror-n", type=int, default=40, help="images per position layout for part 3 (0 = skip)")
+    ap.add_argument("--mirror-n", type=int, default=40, help="images per prompt of a mirrored pair (0 = skip)")
     args = ap.parse_args()
     model = UMM.from_pretrained(args.model)
     for tag in TAGS if args.n else ():
