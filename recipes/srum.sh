@@ -8,7 +8,8 @@
 # default (online, beyond the paper): OpenRLHF's real train_ppo_ray with the SRUM executor, the map pooled onto the
 #   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
 #   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
-# Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.1 and a cosine lr tail to 0.1x, GvU's defaults
+# Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.3 and a cosine lr tail to 0.1x (GvU's defaults
+# but beta 0.1 -> 0.3, session 24: it keeps each shape pair's arrangement near the base's instead of collapsing it)
 # (--lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15), and paints the background by
 # the share of the prompt's objects found (--srum.missing, session 16). LoRA ended below its base (weak23x .053 ->
 # .027); the whole backbone raised weak28 .057 -> .070 on 2000 held-out prompts (position .025 -> .065, attribute
@@ -36,7 +37,7 @@ OFFLINE=0
 STEPS=200
 LR=1e-4
 LORA_RANK=0
-KL_BETA=0.1
+KL_BETA=0.3
 LR_SCHEDULER=cosine_with_min_lr
 MIN_LR_RATIO=0.1
 while [ $# -gt 0 ]; do
