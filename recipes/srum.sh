@@ -9,8 +9,8 @@
 #   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
 #   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
 # Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.3 and a cosine lr tail to 0.1x (GvU's defaults
-# but beta 0.1 -> 0.3, session 24: it keeps each shape pair's arrangement near the base's instead of collapsing it)
-# (--lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15), and paints the background by
+# but beta 0.1 -> 0.3, session 24: it slows the collapse of each shape pair's arrangement, which decided held-out
+# position) (--lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15), and paints the background by
 # the share of the prompt's objects found (--srum.missing, session 16). LoRA ended below its base (weak23x .053 ->
 # .027); the whole backbone raised weak28 .057 -> .070 on 2000 held-out prompts (position .025 -> .065, attribute
 # binding .010 -> 0: the policy learned to leave the second object out), with --srum.missing .057 -> .076 (colours
