@@ -8,13 +8,14 @@
 # default (online, beyond the paper): OpenRLHF's real train_ppo_ray with the SRUM executor, the map pooled onto the
 #   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
 #   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
-# Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.3 and a cosine lr tail to 0.1x (GvU's defaults
-# but beta 0.1 -> 0.3, session 24: it slows the collapse of each shape pair's arrangement, which decided held-out
-# position) (--lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15), and paints the background by
-# the share of the prompt's objects found (--srum.missing, session 16). LoRA ended below its base (weak23x .053 ->
-# .027); the whole backbone raised weak28 .057 -> .070 on 2000 held-out prompts (position .025 -> .065, attribute
-# binding .010 -> 0: the policy learned to leave the second object out), with --srum.missing .057 -> .076 (colours
-# .035 -> .150, position .025 -> .055, attribute binding .010 -> .010) in 34.5 min on a slow day (bench/RESULTS.md).
+# Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.3 and a cosine lr tail to 0.1x: GvU's defaults but
+# beta 0.1 -> 0.3 (session 24: it slows the collapse of each shape pair's arrangement, which decided held-out
+# position). --lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15. It paints the
+# background by the share of the prompt's objects found (--srum.missing, session 16). LoRA ended below its base
+# (weak23x .053 -> .027); the whole backbone raised weak28 .057 -> .070 on 2000 held-out prompts (position .025 ->
+# .065, attribute binding .010 -> 0: the policy learned to leave the second object out), with --srum.missing .057 ->
+# .076 (colours .035 -> .150, position .025 -> .055, attribute binding .010 -> .010) in 34.5 min on a slow day
+# (bench/RESULTS.md).
 # On the deterministic weak base (session 21) the online policy hid extra objects by drawing them touching the asked
 # ones (the proposer merged them): .124 -> .043; with the colour-aware proposer .124 -> .107, offline .056.
 # Session 22: an extra object costs the whole background (--srum.extra), a stated relation is read off the boxes the
