@@ -65,18 +65,20 @@ def judge_base(judge_base_dir):
 
 @pytest.fixture(scope="session")
 def judge_base_dir(tmp_path_factory):
-    """A small base through the real `pretrain` (800 steps, hidden 64), enough for its captions to know colours and
-    counts: what the SRUM (and R3) judge tests ask. Own-sample refreshes are off to keep it to about a minute."""
+    """A small base through the real `pretrain` (3000 steps, hidden 64, most of each batch yes/no questions asked in
+    pairs), enough for its captions and its yes/no answers to know colours and counts: what the SRUM (and R3) judge
+    tests ask. Own-sample refreshes are off to keep it to about three minutes."""
     out = tmp_path_factory.mktemp("judge_base")
     cfg = PretrainConfig(
         out=str(out),
-        steps=800,
+        steps=3000,
         batch_size=32,
         hidden=64,
         layers=2,
         head_steps=1,
         tokenizer_scenes=500,
-        judge_share=0.2,
+        judge_share=0.6,
+        judge_pairs=1.0,
         r3_share=0.05,
         own_samples_from=1.0,
         lr=3e-3,

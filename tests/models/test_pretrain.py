@@ -11,7 +11,7 @@ from umm_plugin.eval import caption_correct
 from umm_plugin.models.pretrain import NO_EDIT, Batcher, PretrainConfig, edit_pair, lm_loss, micro_batches, plan_text
 from umm_plugin.models.umm import UMM
 from umm_plugin.worlds.evaluator import check, detect, evaluate
-from umm_plugin.worlds.grammar import WORDS, make_prompts, parse_prompt, sample_scene
+from umm_plugin.worlds.grammar import MIRROR, WORDS, make_prompts, parse_prompt, prompt_pool, sample_scene
 from umm_plugin.worlds.scene import SHAPES
 
 
@@ -110,6 +110,40 @@ def test_judge_answers_and_counting_drills_are_the_worlds_truth(vq):
     assert np.mean(right) >= 0.97 and {1, 2, 3, 4, 5, 6} <= counts
 
 
+def test_judge_pairs_ask_one_image_its_prompt_and_a_changed_word(vq):
+    """Pairs share the image; the first question is its prompt (yes), the second differs in one stated word: one
+    colour, count, shape or the relation, never into a held-out prompt, and is answered by the world's check."""
+    model = UMM.build(WORDS, vq, hidden=32, layers=1)
+    batcher = Batcher(model, PretrainConfig(out="x", judge_pairs=1.0), np.random.default_rng(0))
+    agree = []
+    for _ in range(100):
+        (codes, q1, a1), (codes2, q2, a2) = (_split(model, *row) for row in batcher.judge_pair())
+        assert np.array_equal(codes, codes2) and a1 == ["yes"] and q1 != q2
+        meta = parse_prompt(" ".join(q2[2:-1])).meta()
+        agree.append(evaluate(vq.decode(codes[None])[0], meta)[0] == (a2 == ["yes"]))
+    assert np.mean(agree) >= 0.97
+    assert len(batcher.batch()) == batcher.cfg.batch_size
+    kinds = []
+    for meta in make_prompts(400, "train", 3):
+        asked = batcher.changed_word(meta)
+        if asked is None:
+            continue
+        a, b = parse_prompt(meta["prompt"]), parse_prompt(asked["prompt"])
+        assert b in prompt_pool(b.tag(), "train") and len(a.groups) == len(b.groups)
+        diff = [
+            (k, x, y)
+            for x, y in zip(a.groups, b.groups)
+            for k in ("color", "count", "shape")
+            if getattr(x, k) != getattr(y, k)
+        ]
+        diff += [("relation", a.relation, b.relation)] if a.relation != b.relation else []
+        assert len(diff) == 1, (meta["prompt"], asked["prompt"])
+        kind, old, new = diff[0]
+        assert new != old and (kind != "relation" or new == MIRROR[old])
+        kinds.append(kind)
+    assert set(kinds) == {"color", "count", "shape", "relation"} and len(kinds) >= 150
+
+
 def test_scene_drills_list_what_is_drawn(vq):
     model = UMM.build(WORDS, vq, hidden=32, layers=1)
     batcher = Batcher(model, PretrainConfig(out="x"), np.random.default_rng(0))
@@ -179,6 +213,7 @@ def test_plan_rows_are_the_plan_alone_for_the_prompt_asked(vq, share, expected):
         {"plan_share": -0.1},
         {"r3_share": 0.3, "plan_share": 0.4},
         {"count_share": 0.9},
+        {"judge_pairs": 1.5},
     ],
 )
 def test_config_checks(bad):

@@ -15,7 +15,7 @@ weak base (understanding well ahead of generation), `regular` a stronger generat
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,18 @@ from umm_plugin.models.generation import generate_image_tokens
 from umm_plugin.models.umm import ASK, DESCRIBE, UMM
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.evaluator import check, detect
-from umm_plugin.worlds.grammar import MIRROR, NUMBERS, WORDS, PromptError, describe, make_prompts, sample_scene
+from umm_plugin.worlds.grammar import (
+    MIRROR,
+    NUMBERS,
+    WORDS,
+    PromptError,
+    Structure,
+    describe,
+    make_prompts,
+    parse_prompt,
+    prompt_pool,
+    sample_scene,
+)
 from umm_plugin.worlds.scene import (
     CANVAS,
     COLOR_NAMES,
@@ -69,6 +80,14 @@ class PretrainConfig:
     judge_share: float = field(
         default=0.15, metadata={"help": "Share of each batch for yes/no questions 'is this <prompt> ?'."}
     )
+    judge_pairs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the yes/no questions asked in pairs about one image: its own prompt (yes) and that "
+            "prompt with one stated word changed (no; the colour half the time a colour is stated). Only these "
+            "teach the answer to read colour words (bench/RESULTS.md, session 25); 0 keeps the earlier bases."
+        },
+    )
     count_share: float = field(
         default=0.15, metadata={"help": "Share of captions that are counting drills: 1-8 objects of one shape."}
     )
@@ -97,7 +116,7 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "hidden", "layers", "tokenizer_scenes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        for name in ("own_samples_from", "own_share", "imperfect_share"):
+        for name in ("own_samples_from", "own_share", "imperfect_share", "judge_pairs"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a fraction in [0, 1]")
         shares = self.r3_share + self.plan_share + self.judge_share
@@ -150,6 +169,7 @@ class Batcher:
     def __init__(self, model: UMM, cfg: PretrainConfig, rng: np.random.Generator):
         self.m, self.cfg, self.rng = model, cfg, rng
         self.prompts = make_prompts(20000, "train", cfg.seed)
+        self.train_keys = {}  # category -> keys of its training prompts
         self.own = []  # (codes, objects, fragment count, prompt meta, verdict) of the model's own samples, as parsed
         self.too_crowded = 0
 
@@ -248,6 +268,45 @@ class Batcher:
                 objects, _ = perturb(objects, self.rng, kinds[self.rng.integers(len(kinds))])
         return self.yes_no(self.codes(objects), meta, check(meta, objects)[0])
 
+    def judge_pair(self):
+        """Two questions about one image: its prompt (yes) and the prompt with one word changed (no). Asked of the
+        same image, only the word tells them apart: with the image broken instead, the tiny base learns counts
+        and never colours (bench/RESULTS.md, session 25)."""
+        asked = None
+        while asked is None:
+            meta = self.meta()
+            asked = self.changed_word(meta)
+        objects = sample_scene(meta, self.rng)
+        codes = self.codes(objects)
+        return [self.yes_no(codes, x, check(x, objects)[0]) for x in (meta, asked)]
+
+    def changed_word(self, meta) -> dict | None:
+        """`meta`'s prompt with one stated word changed, if the result is a training prompt (never a held-out one:
+        the eval split must stay unseen as text too), else None."""
+        s = parse_prompt(meta["prompt"])
+        groups, relation = list(s.groups), s.relation
+        kinds = (
+            ["shape", "count"]
+            + (["color"] if any(g.color for g in groups) else [])
+            + (["relation"] if relation else [])
+        )
+        kind = kinds[self.rng.integers(len(kinds))]
+        if "color" in kinds and self.rng.random() < 0.5:  # the word the yes/no learns last: counts come first
+            kind = "color"
+        if kind == "relation":
+            relation = MIRROR[relation]
+        else:
+            i = self.rng.choice([i for i, g in enumerate(groups) if kind != "color" or g.color])
+            old = getattr(groups[i], kind)
+            pool = {"color": COLOR_NAMES, "shape": SHAPES, "count": range(1, len(NUMBERS) + 1)}[kind]
+            new = [v for v in pool if v != old]
+            groups[i] = replace(groups[i], **{kind: new[self.rng.integers(len(new))]})
+        asked = Structure(tuple(groups), relation)
+        tag = asked.tag()
+        if tag not in self.train_keys:
+            self.train_keys[tag] = {x.key() for x in prompt_pool(tag, "train")}
+        return asked.meta() if asked.key() in self.train_keys[tag] else None
+
     def yes_no(self, codes, meta, ok: bool):
         answer = self.m.ids("yes" if ok else "no") + [self.m.tokenizer.eos_token_id]
         return self.row(self.m.chat(codes, ASK.format(prompt=meta["prompt"])), answer)
@@ -287,7 +346,9 @@ class Batcher:
         n_gen, n_r3, n_judge = round(b * gen), round(b * self.cfg.r3_share), round(b * self.cfg.judge_share)
         n_plan = round(b * self.cfg.plan_share)
         n_cap = b - n_gen - n_r3 - n_plan - n_judge
-        rows = [self.generation() for _ in range(n_gen)] + [self.judge() for _ in range(n_judge)]
+        n_pairs = round(n_judge * self.cfg.judge_pairs / 2)
+        rows = [self.generation() for _ in range(n_gen)] + [self.judge() for _ in range(n_judge - 2 * n_pairs)]
+        rows += [row for _ in range(n_pairs) for row in self.judge_pair()]
         rows += [self.plan() for _ in range(n_plan)]
         rows += [self.caption(imperfect=self.rng.random() < self.cfg.imperfect_share) for _ in range(n_cap)]
         # Reflection is the self-judge of SRUM and R3 (does the image match the prompt, and what is wrong): it gets
