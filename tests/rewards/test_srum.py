@@ -17,6 +17,7 @@ from umm_plugin.rewards.srum import (
     text_scores,
     yes_no_scores,
 )
+from umm_plugin.worlds.evaluator import check
 from umm_plugin.worlds.grammar import Group, Structure, make_prompts, parse_prompt, sample_scene
 from umm_plugin.worlds.scene import render
 
@@ -254,22 +255,28 @@ ABLATED_TAGS = {
 }
 
 
-@pytest.mark.parametrize("what", ["color", "count"])
-@pytest.mark.parametrize("scorer", [yes_no_scores, caption_scores], ids=["prob", "caption"])
+@pytest.mark.parametrize(
+    "scorer, what",
+    [(yes_no_scores, "color"), (yes_no_scores, "count"), (yes_no_scores, "position")]
+    + [(caption_scores, "color"), (caption_scores, "count")],
+    ids=["prob-color", "prob-count", "prob-position", "caption-color", "caption-count"],
+)
 def test_judge_is_sensitive_like_gvu_fig8(judge_base, scorer, what):
-    """Images made for a prompt with its colour / count words removed score lower, on average, against the full
-    prompt than images made for the full prompt (GvU Fig. 8's sensitivity, for SRUM's global score), with both
-    scorers. `prob` reads colours only on a base trained with `judge_pairs` (the fixture's). Position is left out
-    because it fails: no scorer tells a relation from its mirror on any ShapesWorld base (bench/RESULTS.md)."""
+    """Images made for a prompt with its colour / count / position words removed score lower, on average, against
+    the full prompt than images made for the full prompt (GvU Fig. 8's sensitivity, for SRUM's global score). The
+    share is over the ablated images that really break the prompt: a random layout keeps the relation 27 % of the
+    time. `prob` reads colours and relations only on a base trained with `judge_pairs` (the fixture's); `caption` sees
+    no relation on any ShapesWorld base (bench/RESULTS.md, session 25)."""
     rng = np.random.default_rng(0)
     metas = make_prompts(120, "train", 5, tags=ABLATED_TAGS[what])
-    full = np.stack([render(sample_scene(x, rng)) for x in metas])
-    ablated = np.stack([render(sample_scene(_ablate(x, what), rng)) for x in metas])
+    full = [sample_scene(x, rng) for x in metas]
+    ablated = [sample_scene(_ablate(x, what), rng) for x in metas]
+    broken = torch.tensor([not check(x, objects)[0] for x, objects in zip(metas, ablated)])
     questions = [QUESTION.format(prompt=x["prompt"]) for x in metas]
-    g_full = scorer(judge_base, judge_base.vq.encode(full), questions)
-    g_ablated = scorer(judge_base, judge_base.vq.encode(ablated), questions)
+    g_full = scorer(judge_base, judge_base.vq.encode(np.stack([render(o) for o in full])), questions)
+    g_ablated = scorer(judge_base, judge_base.vq.encode(np.stack([render(o) for o in ablated])), questions)
     assert g_full.mean() - g_ablated.mean() > 0.2
-    assert (g_ablated < g_full).float().mean() > 0.75
+    assert (g_ablated < g_full)[broken].float().mean() > (0.6 if what == "position" else 0.75)
 
 
 def test_caption_scores_are_gvus_reward_of_the_asked_subject(tiny_umm):

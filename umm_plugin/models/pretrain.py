@@ -84,8 +84,9 @@ class PretrainConfig:
         default=0.0,
         metadata={
             "help": "Share of the yes/no questions asked in pairs about one image: its own prompt (yes) and that "
-            "prompt with one stated word changed (no; the colour half the time a colour is stated). Only these "
-            "teach the answer to read colour words (bench/RESULTS.md, session 25); 0 keeps the earlier bases."
+            "prompt with one stated word changed (no; the colour or the relation half the time one is stated). "
+            "Only these teach the answer to read colours and relations (bench/RESULTS.md, session 25); 0 keeps the "
+            "earlier bases."
         },
     )
     count_share: float = field(
@@ -291,8 +292,9 @@ class Batcher:
             + (["relation"] if relation else [])
         )
         kind = kinds[self.rng.integers(len(kinds))]
-        if "color" in kinds and self.rng.random() < 0.5:  # the word the yes/no learns last: counts come first
-            kind = "color"
+        hard = [k for k in ("color", "relation") if k in kinds]  # the words the yes/no learns last, counts first
+        if hard and self.rng.random() < 0.5:
+            kind = hard[self.rng.integers(len(hard))]
         if kind == "relation":
             relation = MIRROR[relation]
         else:
