@@ -3,9 +3,9 @@
 Every batch mixes the skills the three recipes need: generation (prompt -> image codes, prompt dropped 10% of the
 time for CFG), understanding (image -> caption; a share of them counting drills of one shape, so "four" is said
 of four even where no training prompt has four), yes/no judgement ("is this <prompt> ?", SRUM's and R3's
-self-judge), and R3's reason (prompt -> <think> plan </think> image), reflect
-((prompt, image) -> <think> what is there </think> "no further edit needed" or an edit) and refine (the reflect
-conversation continued: edit -> image). Most captions are of
+self-judge; `judge_pairs` asks it of one image twice, its prompt and that prompt with one word changed), and R3's
+reason (prompt -> <think> plan </think> image), reflect ((prompt, image) -> <think> what is there </think> "no further
+edit needed" or an edit) and refine (the reflect conversation continued: edit -> image). Most captions are of
 imperfect images (world perturbations, and from 30% of training on the model's own samples), captioned from the
 evaluator's parse of what is really there: a judge that only saw clean scenes is blind to junk and gets reward-hacked
 (DESIGN.md, "Measured on this machine"). `gap` sets the generation share of the batch: `weak` gives the GvU paper's
@@ -272,7 +272,7 @@ class Batcher:
     def judge_pair(self):
         """Two questions about one image: its prompt (yes) and the prompt with one word changed (no). Asked of the
         same image, only the word tells them apart: with the image broken instead, the tiny base learns counts
-        and never colours (bench/RESULTS.md, session 25)."""
+        and neither colours nor relations (bench/RESULTS.md, session 25)."""
         asked = None
         while asked is None:
             meta = self.meta()
