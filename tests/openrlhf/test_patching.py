@@ -1,9 +1,12 @@
 """`umm-plugin patch-openrlhf`: the installed OpenRLHF is patched, patches revert to the wheel's exact bytes, apply is
-idempotent and all-or-nothing, other versions are refused, and OpenRLHF's own test suite still passes."""
+idempotent and all-or-nothing, other versions are refused, and OpenRLHF's own test suite still passes. Each patch is
+the upstream pull request it should become: its description, then a `git diff` (exact index lines) that `git apply`
+takes as well as GNU patch."""
 
 import base64
 import csv
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +15,17 @@ from pathlib import Path
 import pytest
 
 from umm_plugin.openrlhf import patching
+
+SERIES = [
+    "0001-plugins.patch",
+    "0002-cpu-device.patch",
+    "0003-rollout-engine.patch",
+    "0004-advantage-estimators.patch",
+    "0005-fp32.patch",
+    "0006-token-rewards.patch",
+    "0007-actor-extensions.patch",
+    "0008-jsonl-logger.patch",
+]
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -27,12 +41,67 @@ def scratch(tmp_path):
     return tmp_path
 
 
+def _blob(data: bytes) -> str:
+    """Git's id of a file's bytes, as an `index` line names it."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _sections(patch: Path) -> tuple[list[str], list[list[str]]]:
+    """A patch's prose header (its pull-request description) and its file sections, each from its `diff --git`."""
+    lines = patch.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("diff --git ")]
+    assert starts, f"{patch.name} has no `diff --git` line"
+    return lines[: starts[0]], [lines[a:b] for a, b in zip(starts, starts[1:] + [len(lines)])]
+
+
 def test_installed_openrlhf_has_every_patch():
     files = patching.patch_files()
-    assert [p.name[:4] for p in files] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+    assert [p.name for p in files] == SERIES
     assert patching.applied_count(patching.site_root(), files) == len(files)
-    for p in files:  # every patch says why before its diff
-        assert p.read_text().splitlines()[2].startswith("Why: ")
+    for p in files:  # every patch says what and why before its diff; "(after 0001-N)" names the patch before it
+        prose, _ = _sections(p)
+        title = re.fullmatch(r"OpenRLHF 0\.11\.2(?: \(after 0001-(\d{4})\))?: .+", prose[0])
+        assert title and title[1] in (None, f"{int(p.name[:4]) - 1:04d}"), prose[0]
+        assert prose[1] == "" and prose[2].startswith("Why: ")
+        assert not any(line.startswith(("--- ", "+++ ", "@@ ")) for line in prose), p.name
+
+
+def test_every_file_section_is_a_git_diff_whose_index_line_names_the_blobs(scratch):
+    """Each section is headed as `git diff` writes it, and its index line holds the file's git ids before and after
+    the patch in the series (what `git apply --3way` falls back on)."""
+    files = patching.patch_files()
+    patching.revert(scratch, files)
+    for p in files:
+        blobs = {}
+        for section in _sections(p)[1]:
+            path = re.fullmatch(r"diff --git a/(\S+) b/\1", section[0])[1]
+            if section[1] == "new file mode 100644":
+                index = re.fullmatch(r"index 0{7}\.\.([0-9a-f]{7,})", section[2])
+                assert section[3:5] == ["--- /dev/null", f"+++ b/{path}"] and not (scratch / path).exists(), p.name
+                hunk = section[5]
+            else:
+                index = re.fullmatch(r"index ([0-9a-f]{7,})\.\.([0-9a-f]{7,}) 100644", section[1])
+                assert section[2:4] == [f"--- a/{path}", f"+++ b/{path}"], p.name
+                assert _blob((scratch / path).read_bytes()).startswith(index[1]), (p.name, path)
+                hunk = section[4]
+            assert hunk.startswith("@@ "), (p.name, path)
+            blobs[path] = index[index.lastindex]
+        assert patching.apply(scratch, files[: files.index(p) + 1]) == [p.name]
+        for path, blob in blobs.items():
+            assert _blob((scratch / path).read_bytes()).startswith(blob), (p.name, path)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_apply_takes_the_series_and_gives_the_same_files(scratch):
+    files, patched = patching.patch_files(), _tree(scratch)
+    patching.revert(scratch, files)
+    subprocess.run(["git", "init", "-q", str(scratch)], check=True)  # so git applies paths relative to scratch
+    for p in files:
+        check = subprocess.run(["git", "apply", "--check", str(p)], cwd=scratch, capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        subprocess.run(["git", "apply", str(p)], cwd=scratch, check=True)
+    assert _tree(scratch) == patched
+    assert patching.applied_count(scratch, files) == len(files)
 
 
 def test_revert_restores_the_wheel_bytes_and_apply_is_idempotent(scratch):
@@ -73,6 +142,7 @@ def test_another_openrlhf_version_is_refused(tmp_path, monkeypatch):
         patching.site_root()
 
 
+@pytest.mark.slow
 def test_openrlhf_own_test_suite_passes_patched(tmp_path):
     suite = patching.site_root() / "tests"
     out = subprocess.run(

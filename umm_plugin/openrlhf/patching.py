@@ -1,8 +1,10 @@
 """`umm-plugin patch-openrlhf`: apply the diffs in `patches/` to the installed OpenRLHF, idempotently.
 
-Each patch adds one extension point OpenRLHF 0.11.2 lacks (see its header). They are applied with GNU `patch` in
-name order; one already applied is skipped, a run that fails half-way reverts what it applied, and a version of
-OpenRLHF the patches were not written for is refused before anything is touched.
+Each patch adds one extension point OpenRLHF 0.11.2 lacks and reads as the upstream pull request it should become:
+its description (what, then "Why: ..."), then a `git diff` against the series before it (so `git apply` takes it
+as well). They are applied with GNU `patch` in name order; one already applied is skipped, a run that fails half-way
+reverts what it applied, and a version of OpenRLHF the patches were not written for is refused before anything is
+touched.
 """
 
 import importlib.metadata
