@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from umm_plugin.eval import CHUNK, generate_images, roc_auc
+from umm_plugin.models.generation import SamplingConfig
 from umm_plugin.models.umm import UMM
 from umm_plugin.rewards.gvu import gvu_reward
 from umm_plugin.worlds.evaluator import evaluate
@@ -36,7 +37,7 @@ def main():
     metas = make_prompts(args.prompts, args.split, args.seed)
     prompts = [m["prompt"] for m in metas for _ in range(args.g)]
     with torch.no_grad():
-        codes, images = generate_images(model, prompts, seed=args.seed, min_p=args.min_p)
+        codes, images = generate_images(model, prompts, SamplingConfig(min_p=args.min_p), seed=args.seed)
         rewards = torch.cat(
             [
                 gvu_reward(model, codes[i : i + CHUNK], prompts[i : i + CHUNK], bool(args.include_eos))

@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 import torch
 
-from umm_plugin.models.generation import generate_image_tokens, generate_text
+from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text
 from umm_plugin.models.pretrain import NO_EDIT, Batcher, PretrainConfig, edit_pair
 from umm_plugin.models.umm import UMM
 from umm_plugin.rewards.r3 import is_no_edit
@@ -48,7 +48,9 @@ def main():
         reflect.append(ctx)
         refine.append(ctx + truthful + m.refine_turn(m.ids(answer), codes))
     gen = torch.Generator().manual_seed(args.seed)
-    new = generate_image_tokens(m.backbone, m.layout, refine, None, 1.0, args.temperature, 0, 0.0, gen, pad)
+    new = generate_image_tokens(
+        m.backbone, m.layout, refine, sampling=SamplingConfig(args.temperature), generator=gen, pad_id=pad
+    )
     right = np.mean([evaluate(img, meta)[0] for img, meta in zip(m.vq.decode(new), metas)])
     copied = np.mean([bool(torch.equal(a, b)) for a, b in zip(new, shown_codes)])
     answers = generate_text(m.backbone, reflect, 48, eos, m.layout.image_offset, pad_id=pad)

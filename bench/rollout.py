@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from umm_plugin.models.generation import generate_image_tokens, left_pad
+from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, left_pad
 from umm_plugin.models.umm import UMM
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.grammar import WORDS, make_prompts, sample_scene
@@ -83,7 +83,12 @@ def main():
 
         def ours(cfg=cfg):
             generate_image_tokens(
-                bb, lay, rows, uncond, cfg, temperature=1.0, generator=torch.Generator().manual_seed(0)
+                bb,
+                lay,
+                rows,
+                uncond,
+                sampling=SamplingConfig(cfg_scale=cfg),
+                generator=torch.Generator().manual_seed(0),
             )
 
         def hf(cfg=cfg):

@@ -4,8 +4,9 @@
    p(yes) − p(no) to "is this <prompt> ?", `caption`: 2 p(prompt | image, describe)^(1/L) − 1); printed: the share
    right and with an extra object (evaluator), and each scorer's ROC AUC against "right" and against "no extra".
 2. For position prompts of both splits: the share right, with both objects drawn exactly once, and with the
-   relation right given that. The held-out layouts are mirrors of trained ones (bench/RESULTS.md, session 22), so a
-   policy that learns the pair's arrangement instead of the relation word rises on train and falls on held-out.
+   relation right given that. The held-out layouts are mirrors of trained ones (docs/results.md, "Why is held-out
+   position the hard one?"), so a policy that learns the pair's arrangement instead of the relation word rises on
+   train and falls on held-out.
 3. Whether the model reads the relation word at all: the share of images drawn token for token the same when a
    position prompt's relation is swapped for its mirror ("left of" <-> "right of", "above" <-> "below") under the
    same sampling noise (the weak base: .86).

@@ -1,13 +1,13 @@
 # Sourced by the RL recipes: `ppo_cpu AGENT_MODULE ESTIMATOR [extra train_ppo_ray flags]` runs OpenRLHF's real
 # train_ppo_ray on CPU (Ray + DeepSpeed on gloo, the plugin's UMM rollout engine) on the ShapesWorld base.
-# Reads PY, BASE, OUT, STEPS, PROMPTS, G, EVAL_STEPS, EVAL_N, LR (default 2e-4), LORA_RANK (default 8: LoRA r 8 α 32
-# on every linear layer; 0: full fine-tuning), KL_BETA (k3 KL loss coefficient, default the authors' 0.03),
-# LR_SCHEDULER and MIN_LR_RATIO (default constant lr), TAGS (training prompts' categories, comma-separated; default
-# all ten), PROMPT_FLAGS (more `umm-plugin shapes prompts` flags) and PRETRAIN_FLAGS from the recipe; pretrains the
-# weak base (with PRETRAIN_FLAGS) if missing.
-# On GPUs drop --ds.device, --ds.param_dtype fp32, --vllm.sync_backend gloo and --rollout.engine to roll out on vLLM.
-# Rollouts sample images at plain T 1 (--umm.min_p 0): under the authors' min-p 0.03 the ShapesWorld weak base
-# draws almost nothing (held-out accuracy .000, 1.13 objects an image); pass `--umm.min_p 0.03` for their sampler.
+# Reads from the recipe: PY, BASE, OUT, STEPS, PROMPTS (per step), G (samples per prompt), EVAL_STEPS, EVAL_N, LR
+# (default 2e-4), LORA_RANK (default 8: LoRA r 8 alpha 32 on every linear layer; 0: full fine-tuning), KL_BETA (k3
+# KL loss coefficient, default the GvU authors' 0.03), LR_SCHEDULER and MIN_LR_RATIO (default constant lr), TAGS
+# (training prompts' categories, comma-separated; default all ten), PROMPT_FLAGS (more `umm-plugin shapes prompts`
+# flags) and PRETRAIN_FLAGS; pretrains the weak base (with PRETRAIN_FLAGS) if BASE has none.
+# On GPUs drop --ds.device, --ds.param_dtype fp32 and --vllm.sync_backend gloo.
+# Image tokens are sampled at plain T 1 (the plugin's default min-p 0): under the GvU authors' min-p 0.03 the
+# ShapesWorld weak base draws almost nothing; `-- --umm.sampling.min_p 0.03` restores their sampler.
 ppo_cpu() {
   local agent estimator
   agent=$("$PY" -c "import $1 as m; print(m.__file__)")
@@ -42,10 +42,10 @@ ppo_cpu() {
     --actor.lr_scheduler "${LR_SCHEDULER:-constant_with_warmup}" --actor.min_lr_ratio "${MIN_LR_RATIO:-1}" \
     --ds.lora.rank "${LORA_RANK:-8}" --ds.lora.alpha 32 \
     --ds.lora.target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj \
-    --umm.judge policy --umm.min_p 0 --umm.threads 2 \
-    --umm.eval_steps $EVAL_STEPS --umm.eval_n $EVAL_N --umm.log_dir "$OUT" \
+    --umm.judge.weights policy --umm.threads 2 \
+    --umm.eval.steps $EVAL_STEPS --umm.eval.n $EVAL_N --umm.log_dir "$OUT" \
     --ckpt.output_dir "$OUT/actor" --ckpt.path "$OUT/ckpt" --ckpt.save_steps -1 \
-    --logger.logging_steps 1 --train.seed 0 \
+    --logger.logging_steps 1 --logger.jsonl_path "$OUT/metrics.jsonl" --train.seed 0 \
     "$@"
-  echo "curve: $OUT/curve.csv  grids: $OUT/grid_*.png  policy checkpoint: $OUT/policy"
+  echo "metrics: $OUT/metrics.jsonl  curve: $OUT/curve.csv  grids: $OUT/grid_*.png  policy: $OUT/policy"
 }

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${UMM_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-# (this machine's pip config lists local wheel folders that may not exist; drop only those warnings, keep pip's status)
+# (a pip config may list local wheel folders that may not exist; drop only those warnings, keep pip's status)
 pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 pip_install torch==2.13.0
 if ! "$VENV/bin/python" -c "import flash_attn" 2>/dev/null; then

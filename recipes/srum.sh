@@ -6,29 +6,23 @@
 # --offline: the authors' method, `umm-plugin srum` (self-judged reward maps, then a reward-weighted fine-tune on
 #   OpenRLHF's DeepSpeed strategy); extra flags go to it (see `umm-plugin srum --help`).
 # default (online, beyond the paper): OpenRLHF's real train_ppo_ray with the SRUM executor, the map pooled onto the
-#   image-token grid as per-token rewards and the token-level `srum_dense` estimator (patch 0006); extra flags go to
-#   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge, ...). Shared flags: recipes/ppo_cpu.sh.
-# Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.3 and a cosine lr tail to 0.1x: GvU's defaults but
-# beta 0.1 -> 0.3 (session 24: it slows the collapse of each shape pair's arrangement, which decided held-out
-# position). --lora: LoRA r 8 at lr 2e-4, beta 0.03, constant lr, the recipe before session 15. It paints the
-# background by the share of the prompt's objects found (--srum.missing, session 16). LoRA ended below its base
-# (weak23x .053 -> .027); the whole backbone raised weak28 .057 -> .070 on 2000 held-out prompts (position .025 ->
-# .065, attribute binding .010 -> 0: the policy learned to leave the second object out), with --srum.missing .057 ->
-# .076 (colours .035 -> .150, position .025 -> .055, attribute binding .010 -> .010) in 34.5 min on a slow day
-# (bench/RESULTS.md).
-# On the deterministic weak base (session 21) the online policy hid extra objects by drawing them touching the asked
-# ones (the proposer merged them): .124 -> .043; with the colour-aware proposer .124 -> .107, offline .056.
-# Session 22: an extra object costs the whole background (--srum.extra), a stated relation is read off the boxes the
-# judge gave the two objects (--srum.relation), and every image token also gets its picture's advantage of the map
-# mean, weighted 3 (--srum.picture). Three runs: .124 -> .155 / .164 / .110, attribute binding .005 -> .020 / .020 /
-# .015, held-out position .060 -> .055 / .085 / .040 (a policy can learn the trained pairs' arrangement, whose mirror
-# is the held-out one: bench/srum_judge.py); without the picture term two objects .215 -> .020 (a third object drawn).
-# Both judge with `caption` scores by default (the tiny base's yes/no answers only see counts; bench/RESULTS.md).
-# Both sample images at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or
-# `--umm.min_p 0.03` (online) restores the authors' sampler.
+#   image-token grid as per-token rewards and the token-level `srum_dense` estimator; extra flags go to
+#   train_ppo_ray (--srum.k, --srum.local_min, --srum.per, --umm.judge.weights, ...). Shared flags: recipes/ppo_cpu.sh.
+# Online it trains the whole backbone at lr 1e-4 with k3 KL beta 0.3 and a cosine lr tail to 0.1x (GvU's defaults,
+# but beta 0.3: a stronger pull to the base slows the collapse of each shape pair to one arrangement). --lora: LoRA
+# r 8 at lr 2e-4, beta 0.03, constant lr.
+# The online map (each a --srum.* switch; false is the authors' behaviour): each prompt object claims its own regions
+# (assign), a bad region falls below neutral (local_min), the background is scaled by the share of the prompt's
+# objects found (missing) and of regions claimed (extra: an extra object costs the whole picture), a stated relation
+# is read off the claimed boxes (relation), and every image token also gets its picture's advantage of the map mean,
+# weighted 3 (picture).
+# Both modes judge with the `caption` scorer: the weak base's yes/no answers do not read colours or relations.
+# Both sample at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or `--umm.sampling.min_p 0.03`
+# (online) restores the authors' sampler.
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
 # UMM_OUT (run dir: runs/srum[_offline][_smoke]), UMM_TAGS (online training categories, below), PROMPT_FLAGS (more
-# `umm-plugin shapes prompts` flags online, e.g. --paired-relations; session 23 measured it, bench/RESULTS.md).
+# `umm-plugin shapes prompts` flags online, e.g. --paired-relations).
+# Measured effect of each default: docs/results.md#srum.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${UMM_PYTHON:-.venv/bin/python}
@@ -65,7 +59,7 @@ if [ "$OFFLINE" = 1 ]; then
   else
     SIZE=(--n-prompts 1024 --samples 8 --epochs 2 --batch-size 64 --micro-batch-size 32 --eval-n 400)
   fi
-  "$PY" -m umm_plugin.cli srum --model "$BASE" --out "$OUT" --scorer caption --min-p 0 "${SIZE[@]}" "$@"
+  "$PY" -m umm_plugin.cli srum --model "$BASE" --out "$OUT" --scorer caption "${SIZE[@]}" "$@"
   echo "curve: $OUT/curve.csv  grids: $OUT/grid_*.png  maps: $OUT/maps.png  model: $OUT/model"
   exit 0
 fi
@@ -76,9 +70,7 @@ else
   PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=400
 fi
 # UMM_TAGS=two_object,position,...: train on these categories only (`umm-plugin shapes prompts --tags`; one listed
-# twice is drawn twice as often); default all ten. Training on four compositional ones (two objects, colours,
-# position, attribute binding) did worse on those very categories than training on all ten (bench/RESULTS.md,
-# session 16); position listed four times raised held-out position in one run of two (session 23).
+# twice is drawn twice as often); default all ten.
 TAGS=${UMM_TAGS:-}
 source recipes/ppo_cpu.sh
 ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer caption --srum.assign true --srum.local_min true \

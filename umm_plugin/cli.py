@@ -23,7 +23,7 @@ def _dataclass_args(parser, cls):
             kw["default"] = f.default
         kind = type(f.default) if "default" in kw else str
         if kind is bool:
-            from umm_plugin.openrlhf.plugin import true_or_false as kind
+            from umm_plugin.openrlhf.config import true_or_false as kind
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, **kw)
 
 
@@ -42,6 +42,7 @@ def _tags(text: str) -> tuple[str, ...]:
 
 
 def build_parser():
+    from umm_plugin.models.generation import SamplingConfig
     from umm_plugin.models.pretrain import PretrainConfig
     from umm_plugin.openrlhf.srum import SRUMOfflineConfig
     from umm_plugin.worlds.grammar import TAGS
@@ -77,18 +78,23 @@ def build_parser():
     gen.add_argument("--n", type=int, default=4, help="Images to sample.")
     gen.add_argument("--out", default="grid.png")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--cfg-scale", type=float, default=1.0, help="Classifier-free guidance (1 = off).")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--min-p", type=float, default=0.0, help="Image-token min-p (0 = off; GvU rollouts use 0.03).")
+    _dataclass_args(gen, SamplingConfig)
 
     ev = sub.add_parser("eval", help="GenEval-style generation / understanding table on held-out prompts.")
-    ev.add_argument("--model", required=True, help="Model directory.")
-    ev.add_argument("--n", type=int, default=400, help="Held-out prompts (cycling through the categories).")
+    ev.add_argument("--model", required=True, help="Model directory (a ShapesWorld UMM or a Janus checkpoint).")
+    ev.add_argument(
+        "--prompts",
+        help="GenEval-format JSONL (any classes): one image per prompt, judged by the model itself (real models).",
+    )
+    ev.add_argument("--grid", default="eval_grid.png", help="With --prompts: a PNG of the first 16 images.")
+    ev.add_argument(
+        "--n",
+        type=int,
+        default=400,
+        help="Held-out prompts (cycling through the categories); with --prompts the first n.",
+    )
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--cfg-scale", type=float, default=1.0)
-    ev.add_argument("--temperature", type=float, default=1.0)
-    ev.add_argument("--top-k", type=int, default=0, help="Image-token top-k (0 = off).")
-    ev.add_argument("--min-p", type=float, default=0.0, help="Image-token min-p (0 = off; GvU rollouts use 0.03).")
+    _dataclass_args(ev, SamplingConfig)
     ev.add_argument(
         "--rounds",
         type=int,
@@ -100,6 +106,17 @@ def build_parser():
 
     srum = sub.add_parser("srum", help="SRUM offline: self-judged reward maps, then a reward-weighted fine-tune.")
     _dataclass_args(srum, SRUMOfflineConfig)
+    _dataclass_args(srum, SamplingConfig)
+
+    janus = sub.add_parser("janus", help="Janus / Janus-Pro on transformers.").add_subparsers(
+        dest="janus_cmd", required=True
+    )
+    tiny = janus.add_parser("tiny", help="Write a tiny random-init Janus in the public checkpoints' layout.")
+    tiny.add_argument("--out", required=True, help="Directory to write.")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    flg = sub.add_parser("flags", help="Write the reference of every flag and option (markdown).")
+    flg.add_argument("--out", default="-", help="File to write ('-' = stdout).")
 
     pat = sub.add_parser("patch-openrlhf", help="Apply patches/ to the installed OpenRLHF (idempotent).")
     mode = pat.add_mutually_exclusive_group()
@@ -139,6 +156,7 @@ def shapes_check(n: int, seed: int, model_dir: str | None) -> dict:
 
 
 def run(args) -> None:
+    from umm_plugin.models.generation import SamplingConfig
     from umm_plugin.models.pretrain import PretrainConfig, pretrain
     from umm_plugin.models.umm import UMM
     from umm_plugin.worlds.grammar import parse_prompt
@@ -157,15 +175,28 @@ def run(args) -> None:
 
         parse_prompt(args.prompt)  # ShapesWorld prompts: a clear error before any model work
         model = UMM.from_pretrained(args.model)
-        _, images = generate_images(
-            model, [args.prompt] * args.n, args.cfg_scale, args.temperature, args.seed, min_p=args.min_p
-        )
+        _, images = generate_images(model, [args.prompt] * args.n, _dataclass_value(SamplingConfig, args), args.seed)
         save_grid(images, args.prompt, args.out)
         print(f"wrote {args.out} ({args.n} images)")
     elif args.cmd == "srum":
         from umm_plugin.openrlhf.srum import SRUMOfflineConfig, train_offline
 
-        train_offline(_dataclass_value(SRUMOfflineConfig, args))
+        train_offline(_dataclass_value(SRUMOfflineConfig, args), _dataclass_value(SamplingConfig, args))
+    elif args.cmd == "janus" and args.janus_cmd == "tiny":
+        from umm_plugin.models.janus import build_tiny_janus
+
+        janus = build_tiny_janus(args.out, args.seed)
+        n = sum(p.numel() for p in janus.model.parameters())
+        print(f"wrote {args.out} (tiny Janus: {n} parameters, {janus.image_tokens} image tokens)")
+    elif args.cmd == "flags":
+        from umm_plugin.flags import reference
+
+        text = reference()
+        if args.out == "-":
+            print(text, end="")
+        else:
+            with open(args.out, "w") as f:
+                f.write(text)
     elif args.cmd == "patch-openrlhf":
         from umm_plugin.openrlhf import patching
 
@@ -178,16 +209,38 @@ def run(args) -> None:
         print(f"{'reverted' if args.revert else 'applied'} {len(done)} of {len(files)} patches in {root / 'openrlhf'}")
     elif args.cmd == "eval":
         from umm_plugin.eval import evaluate_model, format_report
+        from umm_plugin.models.interface import load_model
 
-        model = UMM.from_pretrained(args.model)
+        if args.prompts:  # a structural check of the file before any model is loaded
+            from umm_plugin.worlds.geneval import load_geneval
+
+            metas = load_geneval(args.prompts)[: args.n]
+        model = load_model(args.model)
         t0 = time.time()
-        report = evaluate_model(model, args.n, args.seed, args.cfg_scale, args.temperature, args.top_k, args.min_p)
+        sampling = _dataclass_value(SamplingConfig, args)
+        if args.prompts or not isinstance(model, UMM):
+            from umm_plugin.eval import evaluate_geneval, format_geneval_report, save_grid
+
+            if not args.prompts or isinstance(model, UMM):
+                raise ValueError(
+                    "--prompts FILE (GenEval JSONL) goes with a real model; ShapesWorld models are evaluated on their "
+                    "own held-out split (leave out --prompts)"
+                )
+            report, images = evaluate_geneval(model, metas, sampling, args.seed)
+            save_grid(images[:16], f"{args.model}: first {min(16, len(images))} prompts", args.grid)
+            report["seconds"] = round(time.time() - t0, 1)
+            print(format_geneval_report(report))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(report, f, indent=1)
+            return
+        report = evaluate_model(model, args.n, args.seed, sampling)
         if args.rounds:
             from umm_plugin.eval import r3_rounds, save_rounds
             from umm_plugin.worlds.grammar import make_prompts
 
             metas = make_prompts(args.n, "eval", args.seed)
-            r3 = r3_rounds(model, metas, args.rounds, args.temperature, args.top_k, args.min_p, args.seed)
+            r3 = r3_rounds(model, metas, args.rounds, sampling, args.seed)
             if args.rounds_grid:
                 save_rounds(r3["record"], args.rounds_grid)
             report["r3"] = {k: v for k, v in r3.items() if k != "record"}

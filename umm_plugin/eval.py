@@ -9,11 +9,13 @@
   accuracy after each round, and reflection accuracy (it stops exactly when the evaluator says the image is right).
 """
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from umm_plugin.models.diffusion_head import render_codes
-from umm_plugin.models.generation import generate_image_tokens, generate_text, left_pad
+from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text, left_pad
 from umm_plugin.models.umm import DESCRIBE
 from umm_plugin.rewards.gvu import gvu_reward
 from umm_plugin.rewards.r3 import edit_instruction, format_reward, is_no_edit
@@ -34,7 +36,7 @@ def roc_auc(scores, labels) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head_steps=4, top_k=0, min_p=0.0):
+def generate_images(model, prompts, sampling=SamplingConfig(), seed=0, head_steps=4):
     """Image codes and head-decoded pixels for prompts, in chunks; seeded."""
     gen = torch.Generator().manual_seed(seed)
     uncond = model.generation_prompt("")
@@ -47,10 +49,7 @@ def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head
                 model.layout,
                 part,
                 [uncond] * len(part),
-                cfg_scale,
-                temperature,
-                top_k=top_k,
-                min_p=min_p,
+                sampling=sampling,
                 generator=gen,
                 pad_id=model.tokenizer.pad_token_id,
             )
@@ -65,10 +64,12 @@ def generate_images(model, prompts, cfg_scale=1.0, temperature=1.0, seed=0, head
     return codes, images
 
 
-def save_grid(images, caption: str, path, scale: int = 4) -> None:
+def save_grid(images, caption: str, path, scale: int | None = None) -> None:
+    """Up to 4 images a row, each scaled by `scale` (default: to about 128 px), under a caption."""
     from PIL import Image, ImageDraw
 
     h, w = images[0].shape[:2]
+    scale = scale or max(1, 128 // h)
     cols = min(4, len(images))
     rows = (len(images) + cols - 1) // cols
     pad, top = 4, 16
@@ -81,7 +82,7 @@ def save_grid(images, caption: str, path, scale: int = 4) -> None:
 
 
 @torch.no_grad()
-def shapes_rollout_stats(model, n: int, include_eos: bool, judge=None, seed=0, temperature=1.0, top_k=0, min_p=0.0):
+def shapes_rollout_stats(model, n: int, include_eos: bool, judge=None, seed=0, sampling=SamplingConfig()):
     """Held-out generation accuracy with the reward-hacking indicators an RL run logs beside the reward.
 
     Returns (stats, images): accuracy, mean GvU reward (judged by `judge`, default the model's backbone), reward-vs-
@@ -89,7 +90,7 @@ def shapes_rollout_stats(model, n: int, include_eos: bool, judge=None, seed=0, t
     in eval-prompt order, so their first few form the fixed-prompt grid."""
     metas = make_prompts(n, "eval", seed)
     prompts = [m["prompt"] for m in metas]
-    codes, images = generate_images(model, prompts, 1.0, temperature, seed, top_k=top_k, min_p=min_p)
+    codes, images = generate_images(model, prompts, sampling, seed)
     ok = np.array([evaluate(img, m)[0] for img, m in zip(images, metas)])
     objects = np.array([len(detect(img).objects) for img in images])
     wanted = np.array([sum(r["count"] for r in m["include"]) for m in metas])
@@ -136,10 +137,10 @@ def caption_correct(caption: str, objects) -> bool:
 
 
 @torch.no_grad()
-def evaluate_model(model, n=400, seed=0, cfg_scale=1.0, temperature=1.0, top_k=0, min_p=0.0) -> dict:
+def evaluate_model(model, n=400, seed=0, sampling=SamplingConfig()) -> dict:
     metas = make_prompts(n, "eval", seed)
     prompts, tags = [m["prompt"] for m in metas], [m["tag"] for m in metas]
-    codes, images = generate_images(model, prompts, cfg_scale, temperature, seed, top_k=top_k, min_p=min_p)
+    codes, images = generate_images(model, prompts, sampling, seed)
     gen_ok = [evaluate(img, m)[0] for img, m in zip(images, metas)]
 
     rng = np.random.default_rng(seed)
@@ -165,7 +166,7 @@ def evaluate_model(model, n=400, seed=0, cfg_scale=1.0, temperature=1.0, top_k=0
     return {
         "n": n,
         "seed": seed,
-        "sampling": {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k, "min_p": min_p},
+        "sampling": dataclasses.asdict(sampling),
         "generation": gen_t,
         "understanding": und_t,
         "gap": und_t["overall"] - gen_t["overall"],
@@ -209,7 +210,7 @@ def format_report(r: dict) -> str:
 
 
 @torch.no_grad()
-def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=0, text_tokens=48, keep=4):
+def r3_rounds(model, metas, rounds=4, sampling=SamplingConfig(), seed=0, text_tokens=48, keep=4):
     """R3 at inference on prompts `metas`: greedy plan and reflections, images sampled as in training.
 
     Round 0 is the plan and first image; each later round reflects on the current image and, unless the answer is
@@ -229,7 +230,7 @@ def r3_rounds(model, metas, rounds=4, temperature=1.0, top_k=0, min_p=0.0, seed=
         return context + answer + ([] if answer[-1:] == [eos] else [eos]) + model.refine_turn(instruction, codes)
 
     def images_after(rows):
-        codes = generate_image_tokens(bb, lay, rows, None, 1.0, temperature, top_k, min_p, gen, pad)
+        codes = generate_image_tokens(bb, lay, rows, sampling=sampling, generator=gen, pad_id=pad)
         return codes, model.vq.decode(codes)
 
     prompts = [m["prompt"] for m in metas]
@@ -307,3 +308,45 @@ def save_rounds(record, path, scale: int = 3) -> None:
         for k, text in enumerate(lines):
             draw.text((pad, top + h + pad + k * line), text, fill="black")
     grid.save(path)
+
+
+@torch.no_grad()
+def evaluate_geneval(model, metas: list[dict], sampling=SamplingConfig(), seed=0, chunk=8) -> tuple[dict, np.ndarray]:
+    """Any `UnifiedModel` on GenEval-format prompts (`worlds.geneval.load_geneval`): one image per prompt, judged by
+    the model itself, GvU's reward exp(mean log p(prompt | image)) and the share of yes/no checks answered yes (the
+    line's `yn_question_list`, else "Is this <prompt>?"), per tag and overall. No exact evaluator: that needs the
+    world the prompts come from. Returns (report, images in prompt order)."""
+    gen = torch.Generator().manual_seed(seed)
+    rewards, checks, images = [], [], []
+    for i in range(0, len(metas), chunk):
+        part = metas[i : i + chunk]
+        prompts = [m["prompt"] for m in part]
+        pixels = model.decode(model.sample_image_tokens(prompts, sampling, gen))
+        logp, mask = model.text_logprobs(pixels, model.describe, prompts)
+        rewards += torch.exp((logp * mask).sum(-1) / mask.sum(-1)).tolist()
+        for img, m in zip(pixels, part):
+            questions = m.get("yn_question_list") or [f"Is this {m['prompt']}?"]
+            checks.append(float((model.yes_no(np.stack([img] * len(questions)), questions) > 0).float().mean()))
+        images.append(pixels)
+    tags = [m["tag"] for m in metas]
+    report = {"n": len(metas), "seed": seed, "sampling": dataclasses.asdict(sampling), "by_tag": {}}
+    report["per_prompt"] = [
+        {"prompt": m["prompt"], "tag": m["tag"], "gvu_reward": r, "yes_no_pass": c}
+        for m, r, c in zip(metas, rewards, checks)
+    ]
+    for tag in dict.fromkeys(tags + ["overall"]):
+        idx = [i for i, t in enumerate(tags) if t == tag or tag == "overall"]
+        report["by_tag"][tag] = {
+            "n": len(idx),
+            "gvu_reward": float(np.mean([rewards[i] for i in idx])),
+            "yes_no_pass": float(np.mean([checks[i] for i in idx])),
+        }
+    return report, np.concatenate(images)
+
+
+def format_geneval_report(r: dict) -> str:
+    lines = [f"{'category':<16}{'n':>6}{'GvU reward':>12}{'yes/no passed':>15}"]
+    for tag, row in r["by_tag"].items():
+        lines.append(f"{tag:<16}{row['n']:>6}{row['gvu_reward']:>12.3f}{row['yes_no_pass']:>15.3f}")
+    lines.append(f"[self-judged: the model scores its own images; seed {r['seed']}; sampling {r['sampling']}]")
+    return "\n".join(lines)

@@ -1,39 +1,45 @@
 import numpy as np
 import torch
 
-from umm_plugin.models.diffusion_head import DiffusionHead, flow_matching_loss, make_scheduler, render_codes
-from umm_plugin.worlds.evaluator import evaluate
+from umm_plugin.models.diffusion_head import (
+    DiffusionHead,
+    flow_matching_loss,
+    from_pixels,
+    make_scheduler,
+    render_codes,
+    to_pixels,
+)
 from umm_plugin.worlds.grammar import make_prompts, sample_scene
 from umm_plugin.worlds.scene import render
 
 
-def test_trained_head_renders_codes_that_keep_the_evaluators_verdict(vq, tmp_path):
+def test_untrained_head_renders_the_codebook_and_training_learns_what_the_codes_do_not_say(vq, tmp_path):
+    """The head is a residual over the codebook render with a zero-initialised output, so untrained it decodes codes
+    as the visual tokenizer does; trained by flow matching on targets the codes do not say (the render darkened),
+    its renders move to them. An untrained head fails the second half: its error stays at the darkening's 37.9."""
     torch.manual_seed(0)
     head = DiffusionHead(num_codes=vq.num_codes)
     head.set_codebook(vq)
     sched = make_scheduler()
     rng = np.random.default_rng(3)
-    train = np.stack([render(sample_scene(m, rng)) for m in make_prompts(256, "train", 3)])
-    codes = vq.encode(train)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    codes = vq.encode(np.stack([render(sample_scene(m, rng)) for m in make_prompts(300, "train", 3)]))
+    held_out, train = codes[:64], codes[64:]
+    render_held_out = lambda: render_codes(head, sched, held_out, 4, torch.Generator().manual_seed(1))  # noqa: E731
+    assert np.array_equal(render_held_out(), vq.decode(held_out))
+
+    target = from_pixels(to_pixels(vq.decode(codes)) * 0.5 - 0.25)
+    error = lambda: np.abs(render_held_out().astype(float) - target[:64]).mean()  # noqa: E731
+    before = error()
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(15):
-        i = torch.randint(len(codes), (32,), generator=gen)
-        loss = flow_matching_loss(head, sched, codes[i], vq.decode(codes[i]), generator=gen)
+    for _ in range(40):
+        i = torch.randint(len(train), (32,), generator=gen)
+        loss = flow_matching_loss(head, sched, train[i], target[64:][i], generator=gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    assert np.isfinite(losses).all()
-    # the trained parameters moved (the head is not the frozen codebook)
-    assert head.transformer.proj_out.weight.abs().sum() > 0
-
-    metas = make_prompts(300, "eval", 4)
-    images = np.stack([render(sample_scene(m, rng)) for m in metas])
-    rendered = render_codes(head, sched, vq.encode(images), steps=4, generator=torch.Generator().manual_seed(1))
-    same = np.mean([evaluate(a, m)[0] == evaluate(b, m)[0] for a, b, m in zip(images, rendered, metas)])
-    assert same >= 0.99
+    # Seeds 0-2 (init and batches) end at 5.8, 7.2 and 7.2 (pixel units, 0-255): the bound keeps a 2x margin.
+    assert before > 35 and error() < 15
 
     head.save_pretrained(tmp_path)
     again = DiffusionHead.from_pretrained(tmp_path)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from umm_plugin.models.generation import continuation_logprobs, generate_image_tokens, left_pad
+from umm_plugin.models.generation import SamplingConfig, continuation_logprobs, generate_image_tokens, left_pad
 from umm_plugin.rewards.gvu import gvu_reward
 
 PROMPTS = ["a photo of a red circle", "a photo of two blue squares to the left of a triangle", "a photo of a square"]
@@ -44,15 +44,18 @@ def test_kv_cache_generation_equals_no_cache_reference_at_temperature_zero(tiny_
         m.layout,
         [m.generation_prompt(p) for p in PROMPTS],
         [m.generation_prompt("")] * 3,
-        cfg_scale,
-        temperature=0,
+        sampling=SamplingConfig(temperature=0, cfg_scale=cfg_scale),
         pad_id=m.tokenizer.pad_token_id,
     )
     assert got.shape == (3, 64)
     assert torch.equal(got, want)
     # rows of different prompt lengths were left-padded together; each row alone gives the same tokens
     alone = generate_image_tokens(
-        m.backbone, m.layout, [m.generation_prompt(PROMPTS[1])], [m.generation_prompt("")], cfg_scale, temperature=0
+        m.backbone,
+        m.layout,
+        [m.generation_prompt(PROMPTS[1])],
+        [m.generation_prompt("")],
+        sampling=SamplingConfig(0, cfg_scale=cfg_scale),
     )
     assert torch.equal(alone[0], got[1])
 
@@ -64,16 +67,20 @@ def test_sampling_is_seeded_and_filters_apply(tiny_umm):
     b = generate_image_tokens(m.backbone, m.layout, rows, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert 0 <= a.min() and a.max() < m.layout.num_codes
-    top1 = generate_image_tokens(m.backbone, m.layout, rows, top_k=1, generator=torch.Generator().manual_seed(2))
-    greedy = generate_image_tokens(m.backbone, m.layout, rows, temperature=0)
+    top1 = generate_image_tokens(
+        m.backbone, m.layout, rows, sampling=SamplingConfig(top_k=1), generator=torch.Generator().manual_seed(2)
+    )
+    greedy = generate_image_tokens(m.backbone, m.layout, rows, sampling=SamplingConfig(temperature=0))
     assert torch.equal(top1, greedy)
     # min_p = 1 keeps only the most likely token too
-    assert torch.equal(generate_image_tokens(m.backbone, m.layout, rows, min_p=1.0), greedy)
+    assert torch.equal(generate_image_tokens(m.backbone, m.layout, rows, sampling=SamplingConfig(min_p=1.0)), greedy)
 
 
 def test_one_pass_scores_equal_a_per_token_loop(tiny_umm):
     m = tiny_umm
-    codes = generate_image_tokens(m.backbone, m.layout, [m.generation_prompt(p) for p in PROMPTS], temperature=0)
+    codes = generate_image_tokens(
+        m.backbone, m.layout, [m.generation_prompt(p) for p in PROMPTS], sampling=SamplingConfig(0)
+    )
     prefixes = [m.chat(c, "describe the image .") for c in codes]
     targets = [m.ids(p) + [m.tokenizer.eos_token_id] for p in PROMPTS]
     with torch.no_grad():

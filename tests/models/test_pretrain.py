@@ -19,13 +19,14 @@ def test_pretrain_runs_every_task_and_saves_a_loadable_model(pretrained_dir):
     log = [json.loads(line) for line in (pretrained_dir / "pretrain_log.jsonl").read_text().splitlines()]
     backbone = [r["loss"] for r in log if r["part"] == "backbone"]
     assert len(backbone) == 40 and np.isfinite(backbone).all()
-    assert np.mean(backbone[-5:]) < 0.7 * np.mean(backbone[:5])  # it learns
+    assert np.mean(backbone[-5:]) < 0.7 * np.mean(backbone[:5])  # it learns (seeds 0-2: 0.62-0.63)
     assert sum(r["part"] == "head" for r in log) == 5
     model = UMM.from_pretrained(pretrained_dir)
     assert model.backbone.config.hidden_size == 32
     assert json.loads((pretrained_dir / "pretrain_config.json").read_text())["steps"] == 40
 
 
+@pytest.mark.slow
 def test_pretraining_is_the_same_in_every_process(tmp_path):
     # Each process hashes strings with its own seed, so anything that iterates a set of strings can change the
     # batches; a clean machine must get the very base the recorded figures were measured on.

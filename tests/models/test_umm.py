@@ -4,8 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from umm_plugin.models.generation import generate_image_tokens
+from umm_plugin.models.generation import SamplingConfig, generate_image_tokens
 from umm_plugin.models.umm import UMM, ModelError
+
+GREEDY = SamplingConfig(temperature=0)
 
 
 def test_save_load_is_one_hf_directory_with_a_stock_qwen2_backbone(tiny_umm, tmp_path):
@@ -20,8 +22,8 @@ def test_save_load_is_one_hf_directory_with_a_stock_qwen2_backbone(tiny_umm, tmp
 
     again = UMM.from_pretrained(tmp_path)
     rows = [m.generation_prompt("a photo of a red circle")]
-    a = generate_image_tokens(m.backbone, m.layout, rows, temperature=0)
-    assert torch.equal(a, generate_image_tokens(again.backbone, again.layout, rows, temperature=0))
+    a = generate_image_tokens(m.backbone, m.layout, rows, sampling=GREEDY)
+    assert torch.equal(a, generate_image_tokens(again.backbone, again.layout, rows, sampling=GREEDY))
     assert again.layout == m.layout
 
 

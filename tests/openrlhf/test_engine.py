@@ -9,7 +9,7 @@ import torch
 from openrlhf.utils.sampling_params import SamplingParams
 
 import umm_plugin.openrlhf.gvu_agent as gvu_agent
-from umm_plugin.models.generation import continuation_logprobs, generate_image_tokens, generate_text
+from umm_plugin.models.generation import SamplingConfig, continuation_logprobs, generate_image_tokens, generate_text
 from umm_plugin.models.umm import DESCRIBE, UMM
 from umm_plugin.openrlhf.engine import UMMRolloutEngine, _lora_config
 from umm_plugin.rewards.gvu import gvu_reward
@@ -32,8 +32,8 @@ async def _gather(*coros):
 
 @pytest.fixture
 def umm_flags(monkeypatch):
-    def set_flags(**flags):
-        monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({f"umm.{k}": v for k, v in flags.items()}))
+    def set_flags(**flags):  # dotted flag names, as the driver exports them: {"gvu.include_eos": False}
+        monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps(flags))
 
     set_flags()
     return set_flags
@@ -54,7 +54,7 @@ def test_concurrent_requests_are_batched_and_match_the_direct_calls(pretrained_d
         )
     )
     # greedy image tokens: the same as one direct batched call of the KV-cache generator
-    direct = generate_image_tokens(umm.backbone, umm.layout, gen_ids, temperature=0.0, pad_id=0)
+    direct = generate_image_tokens(umm.backbone, umm.layout, gen_ids, sampling=SamplingConfig(0.0), pad_id=0)
     for out, row in zip(outs[:3], direct):
         assert out.outputs[0].token_ids == umm.layout.tokens(row)
     # prompt_logprobs over the target positions: the one-pass continuation log-probs
@@ -131,7 +131,7 @@ def test_on_vllm_the_executor_feeds_each_eol_row_by_row(pretrained_dir, umm_flag
     lay = umm.layout
     ids = umm.generation_prompt(PROMPTS[1])
     tokens, codes = asyncio.run(executor.generate_codes(engine, SamplingParams(temperature=0.0, seed=5), ids))
-    direct = generate_image_tokens(umm.backbone, lay, [ids], temperature=0.0, pad_id=0)[0]
+    direct = generate_image_tokens(umm.backbone, lay, [ids], sampling=SamplingConfig(0.0), pad_id=0)[0]
     assert tokens == lay.tokens(direct) and torch.equal(codes, direct)
     # each row one call over the grown prompt; a seeded request moves its seed on, so rows draw fresh noise
     assert engine.calls == [(len(ids) + r * (lay.grid + 1), lay.grid, 5 + r) for r in range(lay.grid)]
@@ -149,7 +149,7 @@ def test_engine_rejects_requests_it_cannot_serve(pretrained_dir, umm_flags):
 
 @pytest.mark.parametrize("include_eos", [True, False])
 def test_gvu_executor_reward_equals_the_one_pass_reward(pretrained_dir, umm_flags, include_eos):
-    umm_flags(include_eos=include_eos)
+    umm_flags(**{"gvu.include_eos": include_eos})
     engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=gvu_agent.__file__)
     params = SamplingParams(temperature=1.0, max_tokens=None)
     results = asyncio.run(engine.generate_responses(PROMPTS[1], "two_object", params, 2048, None, num_samples=4))
@@ -173,7 +173,7 @@ def test_judge_reference_scores_with_the_base_weights(pretrained_dir, umm_flags,
     """LoRA: the same weights with the adapter off; fully fine-tuned: one frozen copy of the base backbone."""
     from types import SimpleNamespace
 
-    umm_flags(judge="reference")
+    umm_flags(**{"umm.judge.weights": "reference"})
     lora = SimpleNamespace(rank=4, alpha=8, target_modules="all-linear", dropout=0.0)
     lora = _lora_config(SimpleNamespace(ds=SimpleNamespace(lora=lora))) if mode == "lora" else None
     engine = UMMRolloutEngine(str(pretrained_dir), 0, None, lora=lora)
@@ -202,7 +202,7 @@ def test_judge_reference_scores_with_the_base_weights(pretrained_dir, umm_flags,
 
 
 def test_engine_evaluation_writes_curve_grid_and_a_loadable_checkpoint(pretrained_dir, umm_flags, tmp_path):
-    umm_flags(eval_n=16, eval_steps=1)
+    umm_flags(**{"umm.eval.n": 16, "umm.eval.steps": 1})
     engine = UMMRolloutEngine(str(pretrained_dir), 0, None, log_dir=str(tmp_path))
     engine.record({"gvu_reward": 0.25, "shapes_accuracy": 0.0})
     row = engine.evaluate_and_save()

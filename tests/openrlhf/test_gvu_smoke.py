@@ -17,6 +17,8 @@ from transformers import AutoModelForCausalLM
 
 from umm_plugin.models.umm import DESCRIBE, UMM
 
+pytestmark = pytest.mark.slow  # end-to-end recipe runs in a subprocess
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,10 +38,9 @@ def smoke(pretrained_dir, tmp_path_factory, request):
 
 
 def test_smoke_run_logs_rewards_and_curves(smoke):
-    out, log, _ = smoke
-    steps = [json.loads(line.split("Global step ")[1].split(": ", 1)[1].replace("'", '"')) for line in log.splitlines()
-             if "Global step " in line and "gvu_reward" in line]  # fmt: skip
-    assert len(steps) == 2
+    out, _, _ = smoke
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["global_step"] for s in steps] == [1, 2] and {s["kind"] for s in steps} == {"train"}
     for s in steps:
         assert 0 < s["gvu_reward"] <= 1 and s["reward"] == pytest.approx(s["gvu_reward"])
         assert 0 <= s["shapes_accuracy"] <= 1 and "zero_variance_group" in s and s["kl"] >= 0

@@ -1,4 +1,4 @@
-"""The diffusion-head policy (patches/0008 extension): the rollout's SDE render and the actor's training pass agree
+"""The diffusion-head policy (patches/0007 extension): the rollout's SDE render and the actor's training pass agree
 exactly, the loss has OpenRLHF's sample-mean normalisation and the image advantage of each sample, a step moves
 the log-prob the way the advantage says, and a checkpoint resumes exactly."""
 
@@ -21,7 +21,7 @@ STRATEGY = SimpleNamespace(args=SimpleNamespace(actor=SimpleNamespace(max_norm=1
 def rollouts(pretrained_dir):
     """Two groups of 3 renders with the head's SDE step, as the R3 executor makes them."""
     ex = AgentExecutor()
-    ex.cfg = dataclasses.replace(ex.cfg, head_rl=True)
+    ex.cfg = dataclasses.replace(ex.cfg, head=dataclasses.replace(ex.cfg.head, rl=True))
     engine = SimpleNamespace(umm=UMM.from_pretrained(pretrained_dir), syncs=0)
     g = torch.Generator().manual_seed(0)
     lay = engine.umm.layout
@@ -80,7 +80,7 @@ def test_loss_is_a_sample_mean_of_the_clipped_surrogate_with_each_image_advantag
 def test_a_step_raises_the_log_prob_of_positive_advantages_and_lowers_negative_ones(pretrained_dir, rollouts):
     umm, out = rollouts
     policy = HeadPolicy(STRATEGY, pretrained_dir)
-    policy.cfg = dataclasses.replace(policy.cfg, head_kl=0.0)
+    policy.cfg = dataclasses.replace(policy.cfg, kl=0.0)
     adv = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
     exp = experience(umm, out, adv)
     before = _sample_logps(policy, out)

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end recipe runs in a subprocess
+
 FLAGS = ["--plugins", "umm_plugin.openrlhf.plugin:register", "--data.input_key", "prompt"]
 
 
@@ -25,10 +27,10 @@ def _train_ppo_ray(tmp_path, *args):
             ['{"prompt": "a photo of a circle", "include": [{"class": "circle", "count": 1}]}', ""],
             "bad.jsonl:2: empty line",
         ),
-        (['{"prompt": "a photo of a circle"}'], "bad.jsonl:1: missing field 'include'"),
+        (['{"prompt": "a photo of a circle"}'], "bad.jsonl:1: include: missing"),
         (
             ['{"prompt": "a photo of a dog", "include": [{"class": "circle", "count": 1}]}'],
-            "bad.jsonl:1: unknown word 'dog'",
+            'bad.jsonl:1: prompt: unknown word "dog"',
         ),
     ],
 )
@@ -47,14 +49,16 @@ def test_bad_prompt_file_fails_before_ray_naming_file_and_line(pretrained_dir, t
 
 
 def test_bad_umm_flags_are_one_line_errors(pretrained_dir, tmp_path):
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.judge", "reference")
+    run = _train_ppo_ray(
+        tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.judge.weights", "reference"
+    )
     assert run.returncode == 2 and "without LoRA needs the UMM engine" in run.stderr.splitlines()[-1]
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.include_eos", "maybe")
-    assert run.returncode == 2 and "--umm.include_eos: invalid true_or_false value: 'maybe'" in run.stderr
+    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--gvu.include_eos", "maybe")
+    assert run.returncode == 2 and "--gvu.include_eos: invalid true_or_false value: 'maybe'" in run.stderr
     run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(tmp_path / "nowhere"))
     assert run.returncode == 2 and "no such model directory" in run.stderr.splitlines()[-1]
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.head_rl", "true")
-    assert run.returncode == 2 and "--umm.head_rl needs --rollout.engine umm_plugin" in run.stderr.splitlines()[-1]
+    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.head.rl", "true")
+    assert run.returncode == 2 and "--umm.head.rl needs --rollout.engine umm_plugin" in run.stderr.splitlines()[-1]
 
 
 def test_bad_srum_flags_are_one_line_errors(pretrained_dir, tmp_path):

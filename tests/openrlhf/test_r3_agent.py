@@ -24,8 +24,8 @@ PROMPT = "a photo of a red circle to the left of a blue square"
 G = 4
 
 
-def _engine(model_dir, monkeypatch, **r3):
-    flags = {"umm.eval_n": 8, **{f"r3.{k}": v for k, v in r3.items()}}
+def _engine(model_dir, monkeypatch, judge_flags=(), **r3):
+    flags = {"umm.eval.n": 8, **{f"r3.{k}": v for k, v in r3.items()}, **dict(judge_flags)}
     monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps(flags))
     return UMMRolloutEngine(str(model_dir), seed=0, agent_func_path=r3_agent.__file__)
 
@@ -134,9 +134,12 @@ def test_stage2_shares_one_root_per_call_and_scores_the_correction(pretrained_di
     assert sorted(r[key] for r in engine.records if key in r) == sorted(stops)
 
 
-@pytest.mark.parametrize("caption, base", [("greedy", "pretrained_dir"), ("colours", "judge_base_dir")])
+@pytest.mark.parametrize(
+    "caption, base",
+    [("greedy", "pretrained_dir"), pytest.param("colours", "caption_base_dir", marks=pytest.mark.slow)],
+)
 def test_self_judge_is_the_models_own_caption_and_yes_no(request, monkeypatch, caption, base):
-    # judge_base has trained long enough to write captions, so the colour branch runs (asserted below)
+    # caption_base has trained long enough to write captions, so the colour branch runs (asserted below)
     engine = _engine(request.getfixturevalue(base), monkeypatch, judge="self", score="checklist", caption=caption)
     umm = engine.umm
     results = _call(engine, PROMPT, n=3)
@@ -162,7 +165,12 @@ def test_self_judge_is_the_models_own_caption_and_yes_no(request, monkeypatch, c
 
 
 def test_openai_judge_scores_through_the_server_and_fails_loudly(pretrained_dir, monkeypatch, server):
-    engine = _engine(pretrained_dir, monkeypatch, judge="openai", url=server.url, model="judge-7b", retries=0)
+    engine = _engine(
+        pretrained_dir,
+        monkeypatch,
+        {"umm.judge.url": server.url, "umm.judge.model": "judge-7b", "umm.judge.retries": 0},
+        judge="openai",
+    )
     results = _call(engine, PROMPT, n=2)
     assert len(server.requests) == 2 and server.requests[0]["body"]["model"] == "judge-7b"
     assert [r["reward"] for r in results] == [r["extra_logs"]["shapes_accuracy"] for r in results]  # a perfect VLM
@@ -209,9 +217,9 @@ def test_r3_rounds_stop_and_refine_as_the_model_answers(pretrained_dir, tmp_path
 
 
 def test_bad_r3_flags_are_refused():
-    from umm_plugin.openrlhf.r3 import R3Config
+    from umm_plugin.openrlhf.config import R3Config
 
-    bad_flags = ({"judge": "gpt"}, {"p_perfect": 1.5}, {"judge": "openai"}, {"weighting": "x"}, {"score": "soft"})
+    bad_flags = ({"judge": "gpt"}, {"p_perfect": 1.5}, {"weighting": "x"}, {"score": "soft"})
     for bad in bad_flags + ({"text_tokens": 0}, {"stop_penalty": -1}):
         with pytest.raises(ValueError, match="--r3"):
             R3Config(**bad)

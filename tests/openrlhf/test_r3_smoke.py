@@ -1,7 +1,7 @@
 """`recipes/r3.sh --smoke` through the real `python -m openrlhf.cli.train_ppo_ray` with each judge: step 0 is stage
 1 (plan + image), step 1 stage 2 (reflect + refine from the buffer); the host's `r3_stage` estimator trains on it,
 the engine's evaluation writes R3's round-wise columns, and the checkpoint loads in `umm-plugin eval`. The recipe
-trains the diffusion head beside the backbone (patches/0008): its PPO ratio starts at exactly 1 (the engine's head
+trains the diffusion head beside the backbone (patches/0007): its PPO ratio starts at exactly 1 (the engine's head
 is the actor's after each sync, and the rollout's SDE log-prob is scored again on the same step), it moves, and the
 engine's final head equals the head the actor saved."""
 
@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # end-to-end recipe runs in a subprocess
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,10 +31,8 @@ def _smoke(base, out, judge, *extra):
     run = _run(
         ["bash", "recipes/r3.sh", "--smoke", "--judge", judge, "--", *extra], UMM_BASE=str(base), UMM_OUT=str(out)
     )
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
-    steps = [json.loads(line.split("Global step ")[1].split(": ", 1)[1].replace("'", '"')) for line in log.splitlines()
-             if "Global step " in line and "r3_stage" in line]  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["r3_stage"] for s in steps] == [1.0, 2.0]  # stage 1, then stage 2 from the buffer
     for s in steps:
         assert 0 <= s["r3_v"] <= 1 and s["reward"] == pytest.approx(s["r3_v"]) and 0 <= s["r3_format"] <= 1
@@ -76,12 +76,12 @@ def test_smoke_evaluator_judge_trains_the_head(evaluator_run):
 
 
 def test_smoke_openai_judge_on_a_loopback_server(pretrained_dir, tmp_path, server):
-    _smoke(pretrained_dir, tmp_path, "openai", "--r3.url", server.url, "--r3.model", "shapes-vlm")
+    _smoke(pretrained_dir, tmp_path, "openai", "--umm.judge.url", server.url, "--umm.judge.model", "shapes-vlm")
     assert len(server.requests) >= 8 and all(r["body"]["model"] == "shapes-vlm" for r in server.requests)
 
 
 def test_resume_restores_the_trained_head_from_the_deepspeed_checkpoint(pretrained_dir, evaluator_run):
-    """`--ckpt.load_enable` through the real host: the head (an actor extension, patches/0008) is restored from the
+    """`--ckpt.load_enable` through the real host: the head (an actor extension, patches/0007) is restored from the
     DeepSpeed checkpoint's client state. The rerun finds no steps left, so the head it saves is the one it loaded:
     the trained one, not the base's."""
     out = evaluator_run[0]

@@ -30,13 +30,13 @@ def _eval_loads(model_dir):
     assert "generation" in run.stdout and "understanding" in run.stdout
 
 
+@pytest.mark.slow  # train_ppo_ray end to end
 def test_online_smoke_trains_on_per_token_rewards(pretrained_dir, tmp_path):
     run = _run(["bash", "recipes/srum.sh", "--smoke"], UMM_BASE=str(pretrained_dir), UMM_OUT=str(tmp_path))
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
-    steps = [json.loads(line.split("Global step ")[1].split(": ", 1)[1].replace("'", '"')) for line in log.splitlines()
-             if "Global step " in line and "srum_map_mean" in line]  # fmt: skip
-    assert len(steps) == 2
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s["global_step"] for s in steps] == [1, 2]
     for s in steps:
         assert 0 <= s["srum_map_mean"] <= 1 and s["reward"] == pytest.approx(s["srum_map_mean"])
         assert -1 <= s["srum_global"] <= 1 and s["srum_regions"] >= 0

@@ -1,8 +1,7 @@
-"""Patches 0006/0007 in the host's own code: per-token rewards from agents (and their scalar rewards) reach a
+"""Patch 0006 in the host's own code: per-token rewards from agents (and their scalar rewards) reach a
 token-level estimator in prompt order, and its advantages come back on the right tokens of the right experiences
 (plus the KL reward-to-go)."""
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -11,11 +10,11 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import (
     TOKEN_ADVANTAGE_ESTIMATORS,
     RemoteExperienceMaker,
-    register_advantage_estimator,
 )
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-from umm_plugin.openrlhf.plugin import r3_stage, srum_dense
+from umm_plugin.openrlhf.config import PluginConfig, R3Config, SRUMConfig
+from umm_plugin.openrlhf.plugin import r3_stage, register_estimators, srum_dense
 
 G = 2
 
@@ -100,26 +99,25 @@ def test_samples_generator_aligns_token_rewards_with_the_action_mask():
 
 
 def test_srum_dense_is_registered_token_level_and_masks_prompt_tokens():
-    register_advantage_estimator("srum_dense", srum_dense, token_level=True)
-    assert TOKEN_ADVANTAGE_ESTIMATORS["srum_dense"] is srum_dense
+    register_estimators(PluginConfig(srum=SRUMConfig(eps=0.5)))
+    estimator = TOKEN_ADVANTAGE_ESTIMATORS["srum_dense"]
+    assert estimator.func is srum_dense and estimator.keywords["cfg"].eps == 0.5  # bound to the run's config
     tokens = torch.tensor([[[7.0, 0.2, 0.9], [7.0, 0.8, 0.9]]])
     mask = torch.tensor([[[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]])
-    adv, logs = srum_dense(tokens, mask, torch.zeros(1, 2))
+    adv, logs = srum_dense(tokens, mask, torch.zeros(1, 2), SRUMConfig())
     assert adv[0, :, 0].abs().sum() == 0 and adv[0, 0, 1] < 0 < adv[0, 1, 1]
     torch.testing.assert_close(logs["zero_advantage_tokens"], torch.tensor([[0.5, 0.5]]))
 
 
-def test_r3_stage_divides_by_the_group_std_only_with_the_flag(monkeypatch):
+def test_r3_stage_divides_by_the_group_std_only_with_the_flag():
     # one stage-1 group of 4: the plan's reward R on token 1, V as the scalar reward, the image on token 3 (token 2
     # is the image prefix the model did not write, so the two action segments are apart)
     tokens = torch.tensor([[[0.0, r, 0.0, 0.0] for r in (2.0, 1.0, 1.0, 1.0)]])
     mask = torch.tensor([[[0.0, 1.0, 0.0, 1.0]] * 4])
     v = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
-    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", "{}")  # the authors' default: centred only
-    adv, _ = r3_stage(tokens, mask, v)
+    adv, _ = r3_stage(tokens, mask, v, R3Config())  # the authors' default: centred only
     torch.testing.assert_close(adv[0, :, 3], torch.tensor([0.75, -0.25, -0.25, -0.25]))
-    monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({"r3.std_norm": True}))
-    adv, _ = r3_stage(tokens, mask, v)
+    adv, _ = r3_stage(tokens, mask, v, R3Config(std_norm=True))
     s = 0.5 + 1e-4  # the unbiased std of (1, 0, 0, 0)
     torch.testing.assert_close(adv[0, :, 3], torch.tensor([0.75, -0.25, -0.25, -0.25]) / s)
     torch.testing.assert_close(adv[0, :, 1], torch.tensor([0.75, -0.25, -0.25, -0.25]) / s)

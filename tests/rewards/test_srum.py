@@ -17,7 +17,6 @@ from umm_plugin.rewards.srum import (
     text_scores,
     yes_no_scores,
 )
-from umm_plugin.worlds.evaluator import check
 from umm_plugin.worlds.grammar import Group, Structure, make_prompts, parse_prompt, sample_scene
 from umm_plugin.worlds.scene import render
 
@@ -175,7 +174,7 @@ def test_a_stated_relation_is_read_off_the_claimed_boxes():
 
 
 def test_srum_config_checks_its_switches():
-    from umm_plugin.openrlhf.srum import SRUMConfig
+    from umm_plugin.openrlhf.config import SRUMConfig
 
     with pytest.raises(ValueError, match="srum extra needs assign"):
         SRUMConfig(extra=True)
@@ -234,51 +233,6 @@ def test_text_scorer_fails_loudly_on_an_unreadable_answer(tiny_umm):
     codes = tiny_umm.vq.encode(render([])[None])
     with pytest.raises(ValueError, match="judge"):
         text_scores(tiny_umm, codes, ["is this a photo of a red circle ?"])
-
-
-def _ablate(meta: dict, what: str) -> dict:
-    """The prompt with its colour / count / position words removed (counts become one, relations 'and')."""
-    s = parse_prompt(meta["prompt"])
-    if what == "color":
-        groups = tuple(Group(g.count, g.shape, None, g.size) for g in s.groups)
-    elif what == "count":
-        groups = tuple(Group(1, g.shape, g.color, g.size) for g in s.groups)
-    else:
-        groups = s.groups
-    return Structure(groups, None if what == "position" else s.relation).meta()
-
-
-ABLATED_TAGS = {
-    "color": ("colors", "color_attr", "color_count"),
-    "count": ("counting", "color_count", "multi_count", "position_count"),
-    "position": ("position", "position_count", "position_size"),
-}
-
-
-@pytest.mark.parametrize(
-    "scorer, what",
-    [(yes_no_scores, "color"), (yes_no_scores, "count"), (yes_no_scores, "position")]
-    + [(caption_scores, "color"), (caption_scores, "count")],
-    ids=["prob-color", "prob-count", "prob-position", "caption-color", "caption-count"],
-)
-def test_judge_is_sensitive_like_gvu_fig8(judge_base, scorer, what):
-    """Images made for a prompt with its colour / count / position words removed score lower, on average, against
-    the full prompt than images made for the full prompt (GvU Fig. 8's sensitivity, for SRUM's global score). The
-    share is over the ablated images that really break the prompt: a random layout keeps the relation 27 % of the
-    time. Relations are learnt last, so their bounds are lower. `prob` reads colours and relations only on a base
-    trained with `judge_pairs` (the fixture's); `caption` sees no relation on any ShapesWorld base (bench/RESULTS.md,
-    session 25)."""
-    rng = np.random.default_rng(0)
-    metas = make_prompts(120, "train", 5, tags=ABLATED_TAGS[what])
-    full = [sample_scene(x, rng) for x in metas]
-    ablated = [sample_scene(_ablate(x, what), rng) for x in metas]
-    broken = torch.tensor([not check(x, objects)[0] for x, objects in zip(metas, ablated)])
-    questions = [QUESTION.format(prompt=x["prompt"]) for x in metas]
-    g_full = scorer(judge_base, judge_base.vq.encode(np.stack([render(o) for o in full])), questions)
-    g_ablated = scorer(judge_base, judge_base.vq.encode(np.stack([render(o) for o in ablated])), questions)
-    gap, share = (0.1, 0.6) if what == "position" else (0.2, 0.75)  # seed 1's base: position .155 and .66
-    assert g_full.mean() - g_ablated.mean() > gap
-    assert (g_ablated < g_full)[broken].float().mean() > share
 
 
 def test_caption_scores_are_gvus_reward_of_the_asked_subject(tiny_umm):

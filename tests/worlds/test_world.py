@@ -178,8 +178,9 @@ def test_prompt_files_round_trip_and_errors_name_file_and_line(tmp_path):
     for bad, msg in [
         ("", "p.jsonl:2: empty line"),
         ("{not json", "p.jsonl:2: not valid JSON"),
-        ('{"prompt": "a photo of a circle"}', "p.jsonl:2: missing field 'include'"),
-        ('{"prompt": "a photo of a dog", "include": []}', "p.jsonl:2: unknown word 'dog'"),
+        ('{"prompt": "a photo of a circle"}', "p.jsonl:2: include: missing"),
+        ('{"prompt": "a photo of a dog", "include": [{"class": "circle", "count": 1}]}', 'p.jsonl:2: prompt: .*"dog"'),
+        ('{"prompt": "a photo of a circle", "include": [{"class": "dog", "count": 1}]}', r"2: include\[0\].class"),
     ]:
         path.write_text("\n".join([lines[0], bad, lines[2]]) + "\n")
         with pytest.raises(PromptError, match=msg):

@@ -8,6 +8,7 @@ sizes the full [B, T, V] logits are most of the memory).
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,49 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
         ids[i, n - len(r) :] = torch.tensor(r)
         mask[i, n - len(r) :] = 1
     return ids, mask
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How image tokens are drawn: the one set of sampling defaults for rollouts, evaluation and `umm-plugin generate`.
+
+    Parameters:
+        temperature: softmax temperature (0 = greedy); in an RL run OpenRLHF's `--rollout.temperature`.
+        top_k: keep the k most likely codes (0 = all).
+        min_p: keep the codes whose probability is at least min_p x the most likely one's (0 = all).
+        cfg_scale: classifier-free guidance, logits = uncond + cfg_scale (cond - uncond) (1 = off); evaluation and
+            `generate` only, RL rollouts sample without it.
+    """
+
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Softmax temperature of image tokens (0 = greedy).",
+            "flag": "OpenRLHF's `--rollout.temperature` sets it",
+        },
+    )
+    top_k: int = field(default=0, metadata={"help": "Image-token top-k (0 = off)."})
+    min_p: float = field(
+        default=0.0,
+        metadata={
+            "help": "Image-token min-p (0 = off; the GvU authors use 0.03, under which the ShapesWorld weak base "
+            "draws almost nothing)."
+        },
+    )
+    cfg_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Classifier-free guidance scale (1 = off).",
+            "flag": "`umm-plugin eval` and `generate` only; RL rollouts sample without CFG",
+        },
+    )
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.top_k < 0 or not 0 <= self.min_p <= 1 or self.cfg_scale < 0:
+            raise ValueError(
+                f"sampling: temperature {self.temperature} and top_k {self.top_k} must be >= 0, min_p {self.min_p} "
+                f"in [0, 1], cfg_scale {self.cfg_scale} >= 0"
+            )
 
 
 def sample_logits(logits, temperature=1.0, top_k=0, min_p=0.0, generator=None) -> torch.Tensor:
@@ -44,16 +88,15 @@ def generate_image_tokens(
     layout,
     prompt_ids: list[list[int]],
     uncond_ids: list[list[int]] | None = None,
-    cfg_scale: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    min_p: float = 0.0,
+    *,
+    sampling: SamplingConfig = SamplingConfig(),
     generator: torch.Generator | None = None,
     pad_id: int = 0,
 ) -> torch.Tensor:
     """Sample layout.grid**2 image codes after each prompt (ids ending in <IMAGE>). Returns [B, grid**2] codes.
 
     The model reads the image as `layout.tokens(codes)`: each row's codes and an <EOL>, which is fed, not sampled."""
+    cfg_scale = sampling.cfg_scale
     cfg = uncond_ids is not None and cfg_scale != 1.0
     rows = prompt_ids + (uncond_ids if cfg else [])
     ids, mask = left_pad(rows, pad_id)
@@ -71,7 +114,7 @@ def generate_image_tokens(
             if cfg:
                 cond, uncond = logits.chunk(2)
                 logits = uncond + cfg_scale * (cond - uncond)
-            code = sample_logits(logits, temperature, top_k, min_p, generator)
+            code = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.min_p, generator)
             codes.append(code)
             if len(codes) == layout.grid**2:
                 break

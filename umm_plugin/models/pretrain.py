@@ -8,7 +8,7 @@ reason (prompt -> <think> plan </think> image), reflect ((prompt, image) -> <thi
 edit needed" or an edit) and refine (the reflect conversation continued: edit -> image). Most captions are of
 imperfect images (world perturbations, and from 30% of training on the model's own samples), captioned from the
 evaluator's parse of what is really there: a judge that only saw clean scenes is blind to junk and gets reward-hacked
-(DESIGN.md, "Measured on this machine"). `gap` sets the generation share of the batch: `weak` gives the GvU paper's
+(docs/design.md, "Prototype findings"). `gap` sets the generation share of the batch: `weak` gives the GvU paper's
 weak base (understanding well ahead of generation), `regular` a stronger generator at the same cost.
 """
 
@@ -58,6 +58,8 @@ OWN_EVERY = 10  # steps between refreshes of the pool of the model's own samples
 
 @dataclass
 class PretrainConfig:
+    """ShapesWorld pretraining of a tiny UMM on CPU: the options of `umm-plugin shapes pretrain`."""
+
     out: str = field(metadata={"help": "Directory the model is saved to (HF format)."})
     gap: str = field(default="weak", metadata={"help": "weak: understanding well ahead of generation; regular."})
     seed: int = field(default=0, metadata={"help": "Seeds the world, the initialisation and the batches."})
@@ -85,8 +87,8 @@ class PretrainConfig:
         metadata={
             "help": "Share of the yes/no questions asked in pairs about one image: its own prompt (yes) and that "
             "prompt with one stated word changed (no; the colour or the relation half the time one is stated). "
-            "Only these teach the answer to read colours and relations (bench/RESULTS.md, session 25); 0 keeps the "
-            "earlier bases."
+            "Only these teach the answer to read colours and relations (docs/results.md#judges-fig-8-sensitivity); "
+            "0 keeps the earlier bases."
         },
     )
     count_share: float = field(
@@ -182,7 +184,8 @@ class Batcher:
 
     def row(self, context, answer):
         """(ids, loss mask): the loss is on the answer, never on an image's <EOL>s. They are fed, not sampled, and
-        training on them cut the regular base's generation .253 -> .057 (bench/RESULTS.md, session 7)."""
+        training on them cut the regular base's generation .253 -> .057 (docs/results.md, "Why did `--gap regular`
+        stop generating better?")."""
         eol = self.m.layout.eol
         return context + answer, [0] * len(context) + [int(t != eol) for t in answer]
 
@@ -237,7 +240,7 @@ class Batcher:
 
     def scene_drill(self):
         """1-6 objects of random shape, colour and size, listed truthfully: a weak generator's own samples hold 3-6
-        mixed objects, which no prompt and few perturbations show. (Measured in bench/RESULTS.md: it lifts
+        mixed objects, which no prompt and few perturbations show. (Measured in docs/results.md: it lifts
         understanding of held-out prompts; drills of half-drawn and edge-wrapped shapes did not lift the captions of
         the model's own samples, and were dropped.)"""
         specs, objects = random_specs(self.rng, int(self.rng.integers(1, 7))), None
@@ -272,7 +275,7 @@ class Batcher:
     def judge_pair(self):
         """Two questions about one image: its prompt (yes) and the prompt with one word changed (no). Asked of the
         same image, only the word tells them apart: with the image broken instead, the tiny base learns counts
-        and neither colours nor relations (bench/RESULTS.md, session 25)."""
+        and neither colours nor relations (docs/results.md, "Judges")."""
         asked = None
         while asked is None:
             meta = self.meta()

@@ -3,9 +3,9 @@
 A factorised patch VQ: every 4x4 patch is snapped to the world palette and coded as (dominant colour, binary mask
 of that colour) with the masks learned from ShapesWorld renders (the `num_masks` most frequent ones; an unseen mask
 goes to the nearest by Hamming distance). Code 0 is the empty patch, code 1 + c * num_masks + m is colour c with
-mask m. Factoring colour out lets 385 codes do what plain k-means could not with 1024 (DESIGN.md: 96-99% round-trip;
-this one: 100% on 1000 scenes, `umm-plugin shapes check`). Real UMMs bring their own tokenizer (X-Omni: SigLIP-VQ);
-this one only exists so the embedded world has an exact, tiny one.
+mask m. Factoring colour out lets 385 codes do what plain k-means could not with 1024 (docs/design.md, "Visual
+tokenizer": 96-99% round-trip; this one: 100% on 1000 scenes, `umm-plugin shapes check`). Real UMMs bring their
+own tokenizer (X-Omni: SigLIP-VQ); this one only exists so the embedded world has an exact, tiny one.
 """
 
 import json

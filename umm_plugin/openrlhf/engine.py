@@ -12,7 +12,7 @@ Differences from vLLM: it serves image-token generation (allowed_token_ids = the
 = the image's token count; it feeds each row's <EOL> rather than sampling it), text generation (allowed_token_ids
 unset or any set of text tokens; EOS and stop_token_ids end it) and scoring only; `generate(..., use_adapter=False)`
 runs the LoRA-free reference weights: with LoRA the adapter switched off (no second copy of the backbone), fully
-fine-tuned one frozen copy. Every `--umm.eval_steps` weight syncs it evaluates its current weights (= the actor's) on
+fine-tuned one frozen copy. Every `--umm.eval.steps` weight syncs it evaluates its current weights (= the actor's) on
 held-out ShapesWorld prompts (plus the executor's own `evaluate`, if it has one) and saves them as a complete UMM
 directory.
 """
@@ -20,6 +20,7 @@ directory.
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from umm_plugin.models.generation import generate_image_tokens, generate_text
+from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text
 from umm_plugin.models.umm import UMM
 
 BATCH_WINDOW_S = 0.005  # how long a first request waits for others to join its batch
@@ -81,10 +82,12 @@ def _lora_config(args):
 
 class UMMRolloutEngine:
     def __init__(self, model_dir, seed, agent_func_path, lora=None, log_dir=None, index=0, temperature=1.0):
-        from umm_plugin.openrlhf.plugin import umm_config
+        from umm_plugin.openrlhf.config import plugin_config
 
-        self.cfg = umm_config()
-        self.temperature = temperature  # the rollout sampler (with cfg.top_k / min_p) is also what evaluation uses
+        config = plugin_config()
+        self.cfg, self.include_eos = config.umm, config.gvu.include_eos  # evaluation logs the GvU reward too
+        # The rollout sampler (--rollout.temperature with --umm.sampling.*) is also what evaluation uses.
+        self.sampling = dataclasses.replace(self.cfg.sampling, temperature=temperature)
         self.kwargs = {"model": model_dir}  # what executors read on vLLM's actor too
         self.umm = UMM.from_pretrained(model_dir)
         if lora is not None:
@@ -94,9 +97,9 @@ class UMMRolloutEngine:
         # Full fine-tuning has no adapter to switch off, so judge=reference there keeps one frozen copy of the
         # backbone (the only case with a second copy; with LoRA the reference is the same weights, adapter off).
         self.reference = None
-        if lora is None and self.cfg.judge == "reference":
+        if lora is None and self.cfg.judge.weights == "reference":
             self.reference = copy.deepcopy(self.umm.backbone).eval().requires_grad_(False)
-        # The actor syncs its diffusion-head policy (--umm.head_rl, patches/0008) under the extension's name.
+        # The actor syncs its diffusion-head policy (--umm.head.rl) under the extension's name.
         self.params = dict(self.umm.backbone.named_parameters())
         self.params |= {f"umm_head.{n}": p for n, p in self.umm.head.named_parameters()}
         self.generator = torch.Generator().manual_seed(seed + index)
@@ -111,7 +114,7 @@ class UMMRolloutEngine:
         self.syncs = 0
         self.log_dir = Path(log_dir) if log_dir else None
         self.records: list[dict] = []  # per-rollout stats the executor reports, flushed into the curve
-        if self.log_dir is not None and index == 0 and self.cfg.eval_steps:
+        if self.log_dir is not None and index == 0 and self.cfg.eval.steps:
             self.evaluate_and_save()
 
     # ---- generation ----
@@ -207,15 +210,10 @@ class UMMRolloutEngine:
                         reason = "stop" if row and row[-1] in stop else "length"
                         out[i] = RequestOutput(batch[i].ids, [Completion(row, finish_reason=reason)])
                 else:
+                    sampling = SamplingConfig(temperature, max(0, top_k), min_p)
+                    rows = [batch[i].ids for i in idx]
                     codes = generate_image_tokens(
-                        self.umm.backbone,
-                        lay,
-                        [batch[i].ids for i in idx],
-                        temperature=temperature,
-                        top_k=max(0, top_k),
-                        min_p=min_p,
-                        generator=self.generator,
-                        pad_id=pad,
+                        self.umm.backbone, lay, rows, sampling=sampling, generator=self.generator, pad_id=pad
                     )
                     for i, row in zip(idx, codes):
                         out[i] = RequestOutput(batch[i].ids, [Completion(lay.tokens(row))])
@@ -279,7 +277,7 @@ class UMMRolloutEngine:
             self.params[name].copy_(weight)
         if empty_cache:  # OpenRLHF flags the last weight of a sync
             self.syncs += 1
-            if self.log_dir is not None and self.cfg.eval_steps and self.syncs % self.cfg.eval_steps == 0:
+            if self.log_dir is not None and self.cfg.eval.steps and self.syncs % self.cfg.eval.steps == 0:
                 self.evaluate_and_save()
 
     async def reset_prefix_cache(self):
@@ -312,21 +310,13 @@ class UMMRolloutEngine:
 
         t0 = time.time()
         model = self.merged()
-        with self._adapter(self.cfg.judge == "policy"):
+        with self._adapter(self.cfg.judge.weights == "policy"):
             stats, images = shapes_rollout_stats(
-                model,
-                self.cfg.eval_n,
-                self.cfg.include_eos,
-                self.umm.backbone,
-                temperature=self.temperature,
-                top_k=self.cfg.top_k,
-                min_p=self.cfg.min_p,
+                model, self.cfg.eval.n, self.include_eos, self.umm.backbone, sampling=self.sampling
             )
         row = {"step": self.syncs, **stats}
         if hasattr(self.executor, "evaluate"):  # a recipe's own evaluation (R3: accuracy after each round)
-            row |= self.executor.evaluate(
-                model, self.log_dir, self.syncs, self.temperature, self.cfg.top_k, self.cfg.min_p
-            )
+            row |= self.executor.evaluate(model, self.log_dir, self.syncs, self.sampling)
         for key in dict.fromkeys(k for r in self.records for k in r):  # R3's stages log different keys
             row[f"train_{key}"] = float(np.mean([r[key] for r in self.records if key in r]))
         self.records = []
@@ -349,9 +339,9 @@ def create_engines(args, shared_pg=None):
     """`--rollout.engine` factory: `--vllm.num_engines` UMM engines, 1 CPU each."""
     import ray
 
-    from umm_plugin.openrlhf.plugin import umm_config
+    from umm_plugin.openrlhf.config import plugin_config
 
-    cfg = umm_config()
+    cfg = plugin_config().umm
     log_dir = cfg.log_dir or str(Path(args.ckpt.output_dir) / "umm")
     lora = _lora_config(args) if args.ds.lora.rank > 0 else None
     actor = ray.remote(UMMRolloutEngine)

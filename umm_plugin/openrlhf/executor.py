@@ -11,17 +11,20 @@ from openrlhf.utils.agent import AgentExecutorBase
 from umm_plugin.algos.flow_grpo import R3_A, sde_render, shared_group_draws
 from umm_plugin.models.diffusion_head import from_pixels
 from umm_plugin.models.umm import UMM
-from umm_plugin.openrlhf.plugin import umm_config
+from umm_plugin.openrlhf.config import plugin_config
 from umm_plugin.worlds.evaluator import detect, evaluate
 from umm_plugin.worlds.grammar import PromptError, parse_prompt
 
 
 class UMMExecutor(AgentExecutorBase):
     def __init__(self):
-        self.cfg = umm_config()
+        self.config = plugin_config()  # every flag group; `cfg` the run-wide one
+        self.cfg = self.config.umm
+        # generate() keyword that picks the judge's weights (--umm.judge.weights): the policy, or the reference.
+        self.judge_kw = {} if self.cfg.judge.weights == "policy" else {"use_adapter": False}
         self.umm = None
         self.generator = torch.Generator().manual_seed(0)
-        self.draws, self.draws_sync = {}, None  # --umm.head_rl: id(sampling params) -> (params, t_index, noise)
+        self.draws, self.draws_sync = {}, None  # --umm.head.rl: id(sampling params) -> (params, t_index, noise)
 
     def model(self, llm_engine) -> UMM:
         """The engine's own UMM (our engine), or the small non-backbone parts loaded next to vLLM's backbone."""
@@ -36,7 +39,7 @@ class UMMExecutor(AgentExecutorBase):
         vocabulary, the prompt growing by that row and its <EOL> (prefix caching keeps the re-read cheap)."""
         lay = self.model(llm_engine).layout
         params = deepcopy(sampling_params)
-        params.min_p, params.top_k = self.cfg.min_p, self.cfg.top_k or -1
+        params.min_p, params.top_k = self.cfg.sampling.min_p, self.cfg.sampling.top_k or -1
         if getattr(llm_engine, "umm", None) is not None:
             params.max_tokens, params.allowed_token_ids = lay.length, lay.code_ids + [lay.eol]
             tokens = list((await llm_engine.generate(ids, params)).outputs[0].token_ids)
@@ -59,16 +62,16 @@ class UMMExecutor(AgentExecutorBase):
 
     def render(self, llm_engine, sampling_params, codes: torch.Tensor, edit: bool = False):
         """(pixels [H, W, 3], mm_train_inputs) of one image's codes: the codebook render (the head reproduces it) and
-        None, or with --umm.head_rl the head's render with Flow-GRPO's one SDE step and what the actor's head
+        None, or with --umm.head.rl the head's render with Flow-GRPO's one SDE step and what the actor's head
         policy scores again. The members of a group (one sampling-params object) share the initial noise and the
         SDE step index, drawn from the first steps but the last (R3: a = 0.7 generating, 1.0 editing)."""
         umm = self.model(llm_engine)
-        if not self.cfg.head_rl:
+        if not self.cfg.head.rl:
             return umm.vq.decode(codes[None])[0], None
         sync = getattr(llm_engine, "syncs", None)
         if sync != self.draws_sync:  # a new step: its groups draw afresh
             self.draws, self.draws_sync = {}, sync
-        head, steps = umm.head, self.cfg.head_steps
+        head, steps = umm.head, self.cfg.head.steps
         key = (id(sampling_params), edit)
         if key not in self.draws:
             size = head.config.grid * head.config.patch
@@ -83,7 +86,7 @@ class UMMExecutor(AgentExecutorBase):
             umm.scheduler,
             noise,
             t_index,
-            self.cfg.head_eta_form,
+            self.cfg.head.eta_form,
             a,
             self.generator,
         )

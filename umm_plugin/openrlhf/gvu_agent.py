@@ -1,10 +1,10 @@
 """GvU's rollout + intrinsic reward as an OpenRLHF executor: pass this file's path to `--train.agent_func_path`.
 
 For one prompt sample: generate the image tokens (logits limited to the image vocabulary), optionally decode them
-with the diffusion head and re-tokenize (`--umm.reencode`, the authors' way), then score r = exp(mean log p(prompt
+with the diffusion head and re-tokenize (`--gvu.reencode`, the authors' way), then score r = exp(mean log p(prompt
 [+ end token] | <image> describe the image .)) with one teacher-forced `generate(..., prompt_logprobs=0)` call on
-the same engine. `--umm.judge reference` scores with the LoRA-free weights (on the UMM engine: the same weights,
-adapter disabled). The ShapesWorld evaluator's verdict is logged beside the reward, never used as reward.
+the same engine. `--umm.judge.weights reference` scores with the LoRA-free weights (on the UMM engine: the same
+weights, adapter disabled). The ShapesWorld evaluator's verdict is logged beside the reward, never used as reward.
 
 Runs unchanged on vLLM's RolloutRayActor for the generate calls (the backbone is a stock Qwen2); there it loads its
 own copy of the small non-backbone parts (visual tokenizer, diffusion head) from the model directory, and
@@ -29,16 +29,15 @@ class AgentExecutor(UMMExecutor):
         # The exact codebook render is what the evaluator logs read (the head reproduces it: round-trip 1.0); the
         # diffusion head runs only for `reencode`, the authors' decode-then-re-tokenize judge input.
         pixels = umm.vq.decode(codes[None])
-        if self.cfg.reencode:
+        if self.config.gvu.reencode:
             with torch.no_grad():
                 judged = umm.vq.encode(render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator))[0]
         else:
             judged = codes
         context = umm.chat(judged, DESCRIBE)
-        target = umm.ids(prompt) + ([umm.tokenizer.eos_token_id] if self.cfg.include_eos else [])
+        target = umm.ids(prompt) + ([umm.tokenizer.eos_token_id] if self.config.gvu.include_eos else [])
         score_params = type(sampling_params)(max_tokens=1, temperature=1.0, prompt_logprobs=0)
-        kw = {} if self.cfg.judge == "policy" else {"use_adapter": False}
-        scored = await llm_engine.generate(context + target, score_params, **kw)
+        scored = await llm_engine.generate(context + target, score_params, **self.judge_kw)
         logps = [d[t].logprob for d, t in zip(scored.prompt_logprobs[len(context) :], target)]
         reward = math.exp(sum(logps) / len(logps))
         if not math.isfinite(reward):

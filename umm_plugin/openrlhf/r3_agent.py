@@ -14,13 +14,13 @@ actor keeps no sync count, so there every step is stage 1 until it exposes one (
   it in the same conversation; C = V_new - V_prev (or 1[stop] when V_prev = 1; -stop_penalty for a stop when
   V_prev < 1, 0 in the authors' code); R = w F + C F.
 The trajectory's first action segment is the text turn (R on its tokens as `token_rewards`), the image turn follows;
-the scalar reward is V (V_prev for a member that stopped). `r3_stage` turns them into A_text and A_img (patch 0007).
+the scalar reward is V (V_prev for a member that stopped). `r3_stage` turns them into A_text and A_img (patch 0006).
 
-Judges (`--r3.judge`): `self` asks the model (the engine's current weights, or the LoRA-free ones with `--umm.judge
-reference`) for its greedy caption and, for a relation, its yes/no; `evaluator` is ShapesWorld's exact checker;
-`openai` any OpenAI-compatible VLM. V is judged on the codebook render of the tokens (the head reproduces it), or
-with `--umm.head_rl` on the diffusion head's render with Flow-GRPO's one SDE step, the image the head is trained on
-(`executor.render`, `head_policy.py`).
+Judges (`--r3.judge`): `self` asks the model (the engine's current weights, or the LoRA-free ones with
+`--umm.judge.weights reference`) for its greedy caption and, for a relation, its yes/no; `evaluator` is
+ShapesWorld's exact checker; `openai` any OpenAI-compatible VLM. V is judged on the codebook render of the tokens
+(the head reproduces it), or with `--umm.head.rl` on the diffusion head's render with Flow-GRPO's one SDE step, the
+image the head is trained on (`executor.render`, `head_policy.py`).
 """
 
 import asyncio
@@ -32,7 +32,6 @@ import torch
 from umm_plugin.algos.r3 import TreeBuffer
 from umm_plugin.models.umm import ASK, DESCRIBE
 from umm_plugin.openrlhf.executor import UMMExecutor
-from umm_plugin.openrlhf.plugin import r3_config
 from umm_plugin.rewards.openai_judge import OpenAIJudge
 from umm_plugin.rewards.r3 import (
     caption_objects,
@@ -55,7 +54,7 @@ CAPTION_TOKENS = 40
 class AgentExecutor(UMMExecutor):
     def __init__(self):
         super().__init__()
-        self.r3 = r3_config()
+        self.r3 = self.config.r3
         self.buffer = TreeBuffer(self.r3.buffer_size, self.r3.p_perfect, self.r3.weighting)
         self.rng = np.random.default_rng(0)
         # Host calls are told apart by their sampling-params object (one per generate_responses call); each entry
@@ -64,8 +63,8 @@ class AgentExecutor(UMMExecutor):
         self.roots = {}  # stage 2: id -> (params, drawn root)
         self.openai = None
         if self.r3.judge == "openai":
-            r3 = self.r3
-            self.openai = OpenAIJudge(r3.url, r3.model, timeout=r3.timeout, retries=r3.retries)
+            judge = self.cfg.judge
+            self.openai = OpenAIJudge(judge.url, judge.model, timeout=judge.timeout, retries=judge.retries)
 
     def stage(self, llm_engine) -> int:
         if getattr(llm_engine, "syncs", 0) % 2 == 0:
@@ -108,7 +107,7 @@ class AgentExecutor(UMMExecutor):
         token_rewards = [0.0] * len(observation)
         token_rewards[len(ctx) : len(ctx) + len(plan)] = [r] * len(plan)
         logs = {"r3_stage": 1.0, "r3_v": v, "r3_format": f, "r3_text_reward": r, "r3_plan_tokens": float(len(plan))}
-        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head_rl)
+        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head.rl)
         return self.response(llm_engine, prompt, label, images, observation, actions, pixels, v, logs, **extra)
 
     async def reflect_and_refine(self, root, label, sampling_params, llm_engine, images):
@@ -153,17 +152,17 @@ class AgentExecutor(UMMExecutor):
             # The stop rate on perfect vs imperfect roots shows whether the reflection tells right from wrong (the
             # overall rate only shows its threshold). Engine curve only: the host wants one key set per step.
             llm_engine.record({f"r3_stop_on_{'perfect' if v_prev == 1 else 'imperfect'}_root": float(stopped)})
-        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head_rl)
+        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head.rl)
         return self.response(llm_engine, prompt, label, images, observation, actions, pixels, v_new, logs, **extra)
 
-    def evaluate(self, model, log_dir, step, temperature, top_k, min_p) -> dict:
+    def evaluate(self, model, log_dir, step, sampling) -> dict:
         """The engine's evaluation hook: R3 at inference on held-out prompts (`eval.r3_rounds`), rounds grid saved."""
         from umm_plugin.eval import r3_rounds, save_rounds
         from umm_plugin.worlds.grammar import make_prompts
 
         log_dir.mkdir(parents=True, exist_ok=True)
-        metas = make_prompts(self.cfg.eval_n, "eval", 0)
-        r = r3_rounds(model, metas, self.r3.eval_rounds, temperature, top_k, min_p, text_tokens=self.r3.text_tokens)
+        metas = make_prompts(self.cfg.eval.n, "eval", 0)
+        r = r3_rounds(model, metas, self.r3.eval_rounds, sampling, text_tokens=self.r3.text_tokens)
         save_rounds(r["record"], log_dir / f"rounds_{step:05d}.png")
         out = {f"r3_accuracy_round{k}": a for k, a in enumerate(r["accuracy_by_round"])}
         out |= {f"r3_reflection_round{k}": a for k, a in enumerate(r["reflection_accuracy_by_round"], 1)}
@@ -172,9 +171,9 @@ class AgentExecutor(UMMExecutor):
 
     async def judge(self, llm_engine, sampling_params, prompt, codes, pixels, partial: bool) -> float:
         """V in [0, 1] for an image of `prompt`: the checklist's share if `partial`, else 1 exactly when it all
-        holds; never a silent 0 (an unreachable openai judge is an error). With --umm.head_rl the image is the head's
+        holds; never a silent 0 (an unreachable openai judge is an error). With --umm.head.rl the image is the head's
         render, which the self judge sees re-tokenized."""
-        if self.cfg.head_rl:
+        if self.cfg.head.rl:
             codes = self.model(llm_engine).vq.encode(pixels[None])[0]
         if self.r3.judge == "openai":
             v = await asyncio.to_thread(self.openai.score, prompt, pixels)
@@ -189,9 +188,9 @@ class AgentExecutor(UMMExecutor):
     async def self_judge(self, llm_engine, sampling_params, prompt, codes) -> float:
         """The model's own understanding: its caption names the objects (greedy, with `--r3.caption colours` made to
         name colours, `colour_slot`); for a relation, p(yes) > p(no) to 'is this <prompt> ?'. All from the weights
-        `--umm.judge` names."""
+        `--umm.judge.weights` names."""
         umm, meta = self.model(llm_engine), parse_prompt(prompt).meta()
-        kw = {} if self.cfg.judge == "policy" else {"use_adapter": False}
+        kw = self.judge_kw
         params = type(sampling_params)(temperature=0.0, max_tokens=CAPTION_TOKENS)
         params.allowed_token_ids = list(range(umm.layout.image_offset))
         ctx = umm.chat(codes, DESCRIBE)

@@ -24,82 +24,17 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-SCORERS, TRAINED, PER = ("prob", "caption", "text"), ("both", "head", "backbone"), ("position", "sample")
+from umm_plugin.models.generation import SamplingConfig
+from umm_plugin.openrlhf.config import SRUMConfig
 
-
-@dataclass
-class SRUMConfig:
-    """The judge, map and loss of SRUM: `--srum.*` flags online, `umm-plugin srum` options offline."""
-
-    k: int = field(default=5, metadata={"help": "Regions per image, largest first (authors: 5 or 10)."})
-    scorer: str = field(
-        default="prob",
-        metadata={
-            "help": "prob: p(yes) - p(no) in one pass; caption: 2 p(the model describes it so) - 1; text: parse "
-            "the answer the model writes (authors)."
-        },
-    )
-    local_min: bool = field(
-        default=False, metadata={"help": "Let a bad region fall below 0.5 (authors: max(0.5, score), false)."}
-    )
-    assign: bool = field(
-        default=False,
-        metadata={
-            "help": "Each prompt object claims at most its count of regions, best first; leftovers score -1 "
-            "(authors: every region scores its best match, false)."
-        },
-    )
-    missing: bool = field(
-        default=False,
-        metadata={
-            "help": "With assign: the background scores 0.5 x the share of the prompt's objects that claimed a "
-            "region, so leaving an object out costs where it could have been drawn (authors: 0.5, false)."
-        },
-    )
-    extra: bool = field(
-        default=False,
-        metadata={
-            "help": "With assign: the background is also scaled by the share of regions a prompt object claimed, so "
-            "an extra object costs the whole picture as a missing one does (authors: false)."
-        },
-    )
-    relation: bool = field(
-        default=False,
-        metadata={
-            "help": "Prompts with a relation: g becomes (g + r) / 2, r = +1 if the regions the judge gave the two "
-            "objects stand in it by GenEval's box rule, else -1 (authors: the VLM's own global answer, false)."
-        },
-    )
-    lam: float = field(default=0.5, metadata={"help": "Weight of the unweighted reference term (authors: 0.5)."})
-    per: str = field(
-        default="position",
-        metadata={"help": "Online: normalise each token's reward within its group per position or per sample."},
-    )
-    picture: float = field(
-        default=0.0,
-        metadata={
-            "help": "Online: add this x each picture's group advantage of its map mean to all its image tokens, so a "
-            "choice that costs the whole map (an extra object) is credited on every token (0: cells only)."
-        },
-    )
-    eps: float = field(default=1e-4, metadata={"help": "Online: advantage denominator std + eps."})
-
-    def __post_init__(self):
-        for name, allowed in (("scorer", SCORERS), ("per", PER)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"srum {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
-        if self.k < 1:
-            raise ValueError(f"srum k {self.k} must be at least 1")
-        if self.extra and not self.assign:
-            raise ValueError("srum extra needs assign: without it every region counts as a prompt object")
-        if self.missing and not self.assign:
-            raise ValueError("srum missing needs assign: only assigned regions say which prompt objects were drawn")
-        if self.lam < 0 or self.eps <= 0 or self.picture < 0:
-            raise ValueError(f"srum lam {self.lam} and picture {self.picture} must be >= 0 and eps {self.eps} > 0")
+TRAINED = ("both", "head", "backbone")
 
 
 @dataclass
 class SRUMOfflineConfig(SRUMConfig):
+    """SRUM offline, the authors' method: the options of `umm-plugin srum` (SRUMConfig's judge and map settings,
+    then the model, data and fine-tune below)."""
+
     model: str = field(default="", metadata={"help": "Model directory to start from (required)."})
     out: str = field(default="", metadata={"help": "Where the fine-tuned model, curves, grids and maps go."})
     prompts: str = field(default="", metadata={"help": "GenEval JSONL of training prompts ('' = ShapesWorld train)."})
@@ -110,7 +45,6 @@ class SRUMOfflineConfig(SRUMConfig):
     lr: float = field(default=2e-5, metadata={"help": "Learning rate of every trained part (authors: 2e-5)."})
     batch_size: int = field(default=64, metadata={"help": "Samples per optimizer step (all ranks)."})
     micro_batch_size: int = field(default=16, metadata={"help": "Samples per forward pass and rank."})
-    min_p: float = field(default=0.03, metadata={"help": "Image-token min-p when generating (GvU rollouts: 0.03)."})
     eval_n: int = field(default=200, metadata={"help": "Held-out prompts per evaluation (0 = none)."})
     zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage."})
     seed: int = field(default=0, metadata={"help": "Seeds prompts, sampling, noise and the data order."})
@@ -126,17 +60,17 @@ class SRUMOfflineConfig(SRUMConfig):
                 raise ValueError(f"srum {name} {getattr(self, name)} must be at least 1")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"srum batch_size {self.batch_size} must be a multiple of micro_batch_size")
-        if self.lr <= 0 or not 0 <= self.min_p < 1:
-            raise ValueError(f"srum lr {self.lr} must be > 0 and min_p {self.min_p} in [0, 1)")
+        if self.lr <= 0:
+            raise ValueError(f"srum lr {self.lr} must be > 0")
 
 
 @torch.no_grad()
-def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, min_p: float, gen: torch.Generator) -> dict:
+def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, sampling, gen: torch.Generator) -> dict:
     """The model's own images for `prompts` and its reward maps for them: codes, images, maps, global scores."""
     from umm_plugin.eval import generate_images
     from umm_plugin.rewards.srum import reward_map, self_judge
 
-    codes, images = generate_images(model, prompts, seed=int(torch.randint(1 << 30, (1,), generator=gen)), min_p=min_p)
+    codes, images = generate_images(model, prompts, sampling, seed=int(torch.randint(1 << 30, (1,), generator=gen)))
     boxes, local, g, found, claimed = self_judge(
         model, images, prompts, cfg.k, cfg.scorer, assign=cfg.assign, relation=cfg.relation
     )
@@ -193,19 +127,19 @@ def _optim(cfg: SRUMOfflineConfig, steps: int) -> dict:
     }
 
 
-def _evaluate(model, cfg: SRUMOfflineConfig, out: Path, step: int, extra: dict) -> dict:
+def _evaluate(model, cfg: SRUMOfflineConfig, sampling, out: Path, step: int, extra: dict) -> dict:
     from umm_plugin.eval import save_grid, shapes_rollout_stats
     from umm_plugin.openrlhf.curves import append_curve
 
-    stats, images = shapes_rollout_stats(model, cfg.eval_n, True, min_p=cfg.min_p)
+    stats, images = shapes_rollout_stats(model, cfg.eval_n, True, sampling=sampling)
     save_grid(images[:16], f"epoch {step}: held-out accuracy {stats['accuracy']:.3f}", out / f"grid_{step:05d}.png")
     row = {"step": step, **stats, **extra}
     append_curve(out, row)
     return row
 
 
-def train_offline(cfg: SRUMOfflineConfig, log=print):
-    """Generate, self-judge, fine-tune; returns the final evaluation row (or {} with eval_n 0)."""
+def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
+    """Generate (with `sampling`), self-judge, fine-tune; returns the final evaluation row (or {} with eval_n 0)."""
     import torch.distributed as dist
 
     from umm_plugin.algos.srum import pool_to_grid, srum_flow_loss, srum_token_loss
@@ -226,12 +160,12 @@ def train_offline(cfg: SRUMOfflineConfig, log=print):
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "srum_config.json").write_text(str(dataclasses.asdict(cfg)))
+        (out / "srum_config.json").write_text(str(dataclasses.asdict(cfg) | dataclasses.asdict(sampling)))
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     prompts = [m["prompt"] for m in metas[rank::world] for _ in range(cfg.samples)]
 
-    rows = [_evaluate(model, cfg, out, 0, {"seconds": 0.0})] if cfg.eval_n and rank == 0 else []
-    data = self_rewarded_samples(model, prompts, cfg, cfg.min_p, gen)
+    rows = [_evaluate(model, cfg, sampling, out, 0, {"seconds": 0.0})] if cfg.eval_n and rank == 0 else []
+    data = self_rewarded_samples(model, prompts, cfg, sampling, gen)
     n = len(prompts)
     if rank == 0:
         show = [overlay(i, m) for i, m in zip(data["images"][:16], data["maps"][:16])]
@@ -284,7 +218,7 @@ def train_offline(cfg: SRUMOfflineConfig, log=print):
         extra["seconds"] = round(time.time() - t0, 1)
         log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
         if cfg.eval_n and rank == 0:
-            rows.append(_evaluate(model, cfg, out, epoch, extra))
+            rows.append(_evaluate(model, cfg, sampling, out, epoch, extra))
             log(f"epoch {epoch}: held-out accuracy {rows[-1]['accuracy']:.3f}")
         for name in trained:
             parts[name].train()

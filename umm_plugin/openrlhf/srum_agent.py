@@ -7,8 +7,8 @@ the reward map; `--srum.scorer prob` or `caption`). The map pooled onto the imag
 `token_rewards`, one per image token (patch 0006 carries them to the `srum_dense` estimator, which normalises each
 token within its group, plus `--srum.picture` x the picture's own group advantage of its map mean). The scores come
 from `generate(..., prompt_logprobs=0)` calls (the numbers `rewards/srum.py` computes in one pass), so the same
-executor runs on vLLM; `--umm.judge reference` asks the LoRA-free weights. The scalar `reward` (logged) is the
-map's mean; the ShapesWorld evaluator is logged beside it, never used as reward.
+executor runs on vLLM; `--umm.judge.weights reference` asks the LoRA-free weights. The scalar `reward` (logged) is
+the map's mean; the ShapesWorld evaluator is logged beside it, never used as reward.
 """
 
 import asyncio
@@ -20,7 +20,6 @@ from umm_plugin.algos.srum import pool_to_grid
 from umm_plugin.models.diffusion_head import render_codes
 from umm_plugin.models.umm import DESCRIBE
 from umm_plugin.openrlhf.executor import UMMExecutor
-from umm_plugin.openrlhf.plugin import srum_config
 from umm_plugin.rewards.srum import (
     NO,
     QUESTION,
@@ -34,7 +33,7 @@ from umm_plugin.rewards.srum import (
 class AgentExecutor(UMMExecutor):
     def __init__(self):
         super().__init__()
-        self.srum = srum_config()
+        self.srum = self.config.srum
         if self.srum.scorer == "text":
             raise ValueError("the online SRUM agent scores with --srum.scorer prob or caption (teacher-forced passes)")
 
@@ -43,7 +42,6 @@ class AgentExecutor(UMMExecutor):
         request per answer word), caption for 2 p(subject + end | image, describe) - 1 (one request each)."""
         umm = self.model(llm_engine)
         params = type(sampling_params)(max_tokens=1, temperature=1.0, prompt_logprobs=0)
-        kw = {} if self.cfg.judge == "policy" else {"use_adapter": False}
         if self.srum.scorer == "prob":
             yes, no = umm.ids(YES), umm.ids(NO)
             rows = [(umm.chat(c, q), [w]) for c, q in zip(codes, questions) for w in yes + no]
@@ -52,7 +50,7 @@ class AgentExecutor(UMMExecutor):
             subjects = [q.removeprefix(pre).removesuffix(post) for q in questions]
             end = [umm.tokenizer.eos_token_id]
             rows = [(umm.chat(c, DESCRIBE), umm.ids(t) + end) for c, t in zip(codes, subjects)]
-        outs = await asyncio.gather(*[llm_engine.generate(ctx + tgt, params, **kw) for ctx, tgt in rows])
+        outs = await asyncio.gather(*[llm_engine.generate(ctx + tgt, params, **self.judge_kw) for ctx, tgt in rows])
         logp = torch.tensor(
             [
                 sum(d[t].logprob for d, t in zip(o.prompt_logprobs[len(ctx) :], tgt)) / len(tgt)

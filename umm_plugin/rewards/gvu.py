@@ -4,8 +4,8 @@ r = exp(mean_j log p(T_j | chat(image tokens, describe-instruction), T_<j)), the
 token probabilities. The authors' code runs one forward pass per prompt token without a KV cache; one teacher-
 forced pass gives the same numbers (tests hold it to 1e-5) and is what this computes. `include_eos` adds the end
 token to T, so the caption must *end* where the prompt ends and extra objects cost reward (the authors leave it
-out; DESIGN.md measured that leaving it out lets the policy scatter extra objects). The judge is whatever backbone
-is passed: the policy itself (faithful) or the reference (same weights with LoRA off).
+out; leaving it out lets the policy scatter extra objects: docs/design.md, "Prototype findings"). The judge is
+whatever backbone is passed: the policy itself (faithful) or the reference (same weights with LoRA off).
 """
 
 import torch

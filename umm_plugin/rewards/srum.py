@@ -9,7 +9,7 @@ max(M, (s + 1) / 2), then M * (g + 1) / 2. Where we differ, each is a switch:
   the authors' max never penalises a region, only rewards good ones.
 - `assign=True` lets each prompt object claim at most as many regions as the prompt asks for (best score first); a
   region left over scores -1. The authors' best-match score rewards every extra copy of a prompt object, which an
-  online policy learns to exploit (measured: 8.6 objects per image after 64 steps, bench/RESULTS.md).
+  online policy learns to exploit (measured: 8.6 objects per image after 64 steps, docs/results.md#srum).
 - `relation=True` reads a stated relation off the boxes the assignment gave the prompt's two objects (GenEval's box
   rule) and averages it into g: the tiny model's own answers score a relation and its mirror alike.
 - `collect_scores` also returns the shares of asked objects found and of regions claimed, which the recipes use to
@@ -44,8 +44,8 @@ def components_proposer(
     """Boxes of the 8-connected components of non-background pixels (any channel above `threshold`), largest
     first, at most k. Neighbours join only if no channel differs by more than `colour_tol` (None: any colours), so
     touching objects of different colours are two regions: an online policy learned to hide extra objects by drawing
-    them touching the asked ones (44 % of its pictures, bench/RESULTS.md, session 21). Reads pixels only, never a
-    scene description: any detector `image -> boxes` can replace it."""
+    them touching the asked ones (44 % of its pictures; docs/results.md, "How did the policy hide extra
+    objects"). Reads pixels only, never a scene description: any detector `image -> boxes` can replace it."""
     image = np.asarray(image)
     fg = image.max(-1) > threshold
     rgb = image.astype(np.int16).tolist()
@@ -221,7 +221,8 @@ def collect_scores(boxes, owners, values, prompts, assign=False, relation=False)
     regions as the prompt asks for (`object_counts`), best score first, and a region left over scores -1; found is
     the share of the asked objects that claimed a region and claimed the share of regions claimed (both 1 without).
     With `relation`, a prompt that states one has g replaced by (g + r) / 2, r = `relation_holds` on the claims: the
-    tiny model's own answers cannot tell a relation from its mirror (bench/RESULTS.md), the boxes can."""
+    tiny model's own answers cannot tell a relation from its mirror (docs/results.md, "Can a base tell a relation
+    from its mirror?"), the boxes can."""
     local = [torch.full((len(b),), -1.0) for b in boxes]
     claims = [[-1] * len(b) for b in boxes]
     glob, found, claimed = torch.zeros(len(boxes)), torch.ones(len(boxes)), torch.ones(len(boxes))

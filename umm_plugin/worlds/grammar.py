@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from umm_plugin.worlds.evaluator import check, relative_position
+from umm_plugin.worlds.geneval import PromptError, load_geneval, shorten
 from umm_plugin.worlds.scene import COLOR_NAMES, SHAPES, SIZES, place
 
 NUMBERS = ("a", "two", "three", "four", "five", "six", "seven", "eight")
@@ -46,10 +47,6 @@ WORDS = tuple(
     )
 )
 EVAL_EVERY = 5  # one structure in five (per category) is held out for evaluation
-
-
-class PromptError(ValueError):
-    """A prompt or prompt file that the world cannot read; the message names what and where."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +219,8 @@ def prompt_pool(tag: str, split: str, paired: bool = False) -> tuple[Structure, 
 
     paired: keep a relation structure only if its mirror layout (the two groups swapped, same relation) is in the
     split too, so that a reward for the relation can only be earned by reading its word: a pair trained in one
-    arrangement pays for that arrangement whatever the word says (bench/RESULTS.md, sessions 22-23).
+    arrangement pays for that arrangement whatever the word says (docs/results.md, "Why is held-out position the
+    hard one?").
     """
     if split not in ("train", "eval"):
         raise PromptError(f"unknown split {split!r}: use 'train' or 'eval'")
@@ -278,7 +276,7 @@ def describe(objects, fragments: int = 0, colors: bool = True, relate: bool = Fa
     colour, with `colors`) in a fixed order, plus 'with noise' when specks are present. With `relate`, two groups
     that stand in a relation (every object of one to every object of the other, GenEval's rule) are said as a
     position prompt says them, 'A <relation> B' (B first with `flip`), so that captioning can teach where things are
-    (measured in bench/RESULTS.md: on the tiny base it barely does; a caption-likelihood judge still scores a
+    (measured in docs/results.md: on the tiny base it barely does; a caption-likelihood judge still scores a
     relation and its mirror nearly alike)."""
     counts: dict[tuple[str, str | None], int] = {}
     for o in objects:
@@ -299,35 +297,34 @@ def describe(objects, fragments: int = 0, colors: bool = True, relate: bool = Fa
 
 
 def load_prompts(path) -> list[dict]:
-    """Read a GenEval-format JSONL prompt file, checking every line; errors name the file, line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise PromptError(f"{path}: prompt file not found")
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        where = f"{path}:{i}"
-        if not line.strip():
-            raise PromptError(f"{where}: empty line; remove it (one JSON object per line)")
+    """Read a GenEval-format JSONL prompt file for ShapesWorld, checking every line; errors name file, line, field.
+
+    The structure of each line is checked as for any model (`geneval.load_geneval`), then its vocabulary: every
+    class a ShapesWorld shape and every prompt word a ShapesWorld word. A missing tag is read off the prompt.
+    """
+
+    def unknown(field: str, what: str, known) -> PromptError:
+        return PromptError(
+            f"{field}: unknown {what}; ShapesWorld models only know their own words ({' '.join(known)}); "
+            "for real models read GenEval files with umm_plugin.worlds.geneval.load_geneval"
+        )
+
+    def vocabulary(rec: dict) -> None:
+        for key in ("include", "exclude"):
+            for i, req in enumerate(rec[key]):
+                if req["class"] not in SHAPES:
+                    raise unknown(f"{key}[{i}].class", f"class {shorten(req['class'])}", SHAPES)
+        text = rec["prompt"]
+        words = [w for w in text.split() if w not in WORDS]
+        if words:
+            raise unknown("prompt", f"word {shorten(words[0])}", WORDS)
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptError(f"{where}: not valid JSON ({e.msg})") from None
-        for field in ("prompt", "include"):
-            if field not in rec:
-                raise PromptError(f"{where}: missing field {field!r} (GenEval metadata needs 'prompt' and 'include')")
-        try:
-            parse_prompt(rec["prompt"])
-        except PromptError as e:
-            raise PromptError(f"{where}: {e}") from None
-        for req in rec["include"] + rec.get("exclude", []):
-            if req.get("class") not in SHAPES or not isinstance(req.get("count"), int):
-                raise PromptError(f"{where}: include/exclude entry {req} needs a ShapesWorld 'class' and int 'count'")
-        rec.setdefault("tag", parse_prompt(rec["prompt"]).tag())
-        rec.setdefault("exclude", [])
-        out.append(rec)
-    if not out:
-        raise PromptError(f"{path}: no prompts in file")
-    return out
+            structure = parse_prompt(text)
+        except PromptError as e:  # every word is known and short, so only the quoted prompt can be long
+            raise PromptError(f"prompt: {str(e).replace(repr(text), shorten(text))}") from None
+        rec.setdefault("tag", structure.tag())
+
+    return load_geneval(path, vocabulary, require_tag=False)
 
 
 def save_prompts(path, metas) -> None:

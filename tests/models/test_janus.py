@@ -1,0 +1,177 @@
+"""Janus on `transformers` behind the `UnifiedModel` interface, on a tiny random-init Janus written once per module:
+the checkpoint layout reloads through the Auto classes, the sampler and the teacher-forced log-probs are one
+distribution (with and without CFG), gradients reach the generation head and LoRA weights, and GvU's one-pass
+reward equals a token-by-token computation."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
+
+from umm_plugin.models.generation import SamplingConfig
+from umm_plugin.models.interface import UnifiedModel
+from umm_plugin.models.janus import DESCRIBE, TINY_MAX_PARAMS, JanusUMM
+
+PROMPTS = ["a photo of a red stop sign", "two blue circles"]  # different lengths: left padding is exercised
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small runs fastest on one thread; two threads on two busy shared cores ran this file 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_janus_dir):
+    return tiny_janus_dir
+
+
+@pytest.fixture(scope="module")
+def janus(tiny_dir):
+    return JanusUMM.from_pretrained(tiny_dir)
+
+
+def test_tiny_janus_has_the_checkpoint_layout_and_reloads_through_the_auto_classes(tiny_dir, janus):
+    names = {p.name for p in tiny_dir.iterdir()}
+    assert names >= {"config.json", "model.safetensors", "generation_config.json", "processor_config.json"}
+    assert names >= {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    assert type(model).__name__ == "JanusForConditionalGeneration" and type(processor).__name__ == "JanusProcessor"
+    n = sum(p.numel() for p in model.parameters())
+    assert 300_000 < n < TINY_MAX_PARAMS
+    for name, value in janus.model.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
+    assert isinstance(janus, UnifiedModel)
+    assert (janus.image_tokens, janus.image_size) == (16, 32)
+    assert model.generation_config.generation_kwargs["boi_token_id"] == janus.boi_id
+
+
+def test_cli_writes_the_same_seeded_model(tmp_path, tiny_dir, capsys):
+    from umm_plugin.cli import main
+
+    main(["janus", "tiny", "--out", str(tmp_path), "--seed", "0"])
+    assert "parameters" in capsys.readouterr().out
+    assert (tmp_path / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
+    assert (tmp_path / "tokenizer.json").read_text() == (tiny_dir / "tokenizer.json").read_text()
+
+
+def test_generation_prompt_is_janus_chat_format_and_cfg_row_keeps_bos_and_boi(janus):
+    ids = janus.generation_prompt(PROMPTS[0])
+    text = janus.tokenizer.decode(ids)
+    assert text == "<｜begin▁of▁sentence｜><|User|>: a photo of a red stop sign\n\n<|Assistant|>:<begin_of_image>"
+    uncond = janus.unconditional_prompt(PROMPTS[0])
+    assert len(uncond) == len(ids) and uncond[0] == janus.bos_id and uncond[-1] == janus.boi_id
+    assert set(uncond[1:-1]) == {janus.pad_id}
+    with pytest.raises(ValueError, match="empty prompt"):
+        janus.generation_prompt("  ")
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_greedy_codes_are_the_argmax_of_the_teacher_forced_distribution(janus, cfg_scale):
+    sampling = SamplingConfig(temperature=0, cfg_scale=cfg_scale)
+    codes, logp = janus.sample_image_tokens(PROMPTS, sampling, return_logprobs=True)
+    assert codes.shape == (2, janus.image_tokens) and codes.dtype == torch.long
+    with torch.no_grad():
+        dist = janus.image_distribution(PROMPTS, codes, sampling)
+    assert torch.equal(dist.argmax(-1), codes)
+    torch.testing.assert_close(logp, dist.max(-1).values, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [SamplingConfig(), SamplingConfig(cfg_scale=3.0), SamplingConfig(temperature=0.7, top_k=8, cfg_scale=2.0)],
+)
+def test_sampler_logprobs_equal_image_logprobs(janus, sampling):
+    gen = torch.Generator().manual_seed(0)
+    codes, logp = janus.sample_image_tokens(PROMPTS * 2, sampling, gen, return_logprobs=True)
+    assert len(set(map(tuple, codes.tolist()))) > 1  # sampled, not one fixed draw
+    with torch.no_grad():
+        again = janus.image_logprobs(PROMPTS * 2, codes, sampling)
+    torch.testing.assert_close(again, logp, rtol=0, atol=1e-5)
+
+
+def test_greedy_cfg_loop_matches_transformers_generate(janus):
+    # transformers' own image loop, with the DynamicCache that avoids its static-cache TypeError in 5.15.
+    ids = torch.tensor([janus.generation_prompt(PROMPTS[0])])
+    cache = DynamicCache(config=janus.model.config.text_config)
+    ref = janus.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        generation_mode="image",
+        do_sample=False,
+        guidance_scale=3.0,
+        past_key_values=cache,
+    )
+    ours = janus.sample_image_tokens(PROMPTS[:1], SamplingConfig(temperature=0, cfg_scale=3.0))
+    assert torch.equal(ours, ref)
+
+
+def test_gradient_of_image_logprobs_reaches_the_generation_head(tiny_dir):
+    janus = JanusUMM.from_pretrained(tiny_dir)
+    sampling = SamplingConfig(cfg_scale=2.0)
+    codes = janus.sample_image_tokens(PROMPTS, sampling, torch.Generator().manual_seed(1))
+    janus.image_logprobs(PROMPTS, codes, sampling).sum().backward()
+    inner = janus.model.model
+    for param in (inner.generation_head.vision_head.weight, inner.generation_aligner.fc1.weight):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+    assert inner.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert inner.vision_model.embeddings.patch_embedding.weight.grad is None  # generation never reads SigLIP
+
+
+def test_gradient_of_image_logprobs_reaches_lora_weights(tiny_dir):
+    from peft import LoraConfig, get_peft_model
+
+    janus = JanusUMM.from_pretrained(tiny_dir)
+    targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    get_peft_model(janus.model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))  # adapters go in in place
+    sampling = SamplingConfig(cfg_scale=3.0)
+    codes = janus.sample_image_tokens(PROMPTS, sampling, torch.Generator().manual_seed(2))
+    janus.image_logprobs(PROMPTS, codes, sampling).sum().backward()
+    lora = {n: p for n, p in janus.model.named_parameters() if "lora_B" in n}
+    assert len(lora) == 2 * 7 and all("language_model" in n for n in lora)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values())
+    assert all(p.grad is None for n, p in janus.model.named_parameters() if "lora_" not in n)
+
+
+def test_gvu_one_pass_reward_equals_a_token_by_token_loop(janus):
+    codes = janus.sample_image_tokens(PROMPTS + ["yes"], SamplingConfig(), torch.Generator().manual_seed(3))
+    images = janus.decode(codes)
+    texts = ["a photo of a red stop sign", "two blue circles", "yes"]
+    with torch.no_grad():
+        logp, mask = janus.text_logprobs(images, DESCRIBE, texts)
+    reward = torch.exp((logp * mask).sum(1) / mask.sum(1))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE}]}]
+    prompt = janus.processor.apply_chat_template(messages, add_generation_prompt=True)
+    expected = []
+    for image, text in zip(images, texts):
+        enc = janus.processor(text=[prompt], images=[image], generation_mode="text")
+        target = janus.tokenizer(" " + text, add_special_tokens=False).input_ids + [janus.tokenizer.eos_token_id]
+        steps = []
+        for j, token in enumerate(target):  # one uncached forward per scored token
+            ids = torch.cat([enc.input_ids, torch.tensor([target[:j]], dtype=torch.long)], 1)
+            with torch.no_grad():
+                logits = janus.model(input_ids=ids, pixel_values=enc.pixel_values).logits[0, -1]
+            steps.append(torch.log_softmax(logits.float(), -1)[token])
+        expected.append(torch.stack(steps).mean().exp())
+    scored = [len(janus.tokenizer(" " + t, add_special_tokens=False).input_ids) + 1 for t in texts]  # text + end
+    assert mask.sum(1).tolist() == scored
+    torch.testing.assert_close(reward, torch.stack(expected), rtol=0, atol=1e-5)
+
+
+def test_decode_yes_no_and_answer(janus):
+    codes = janus.sample_image_tokens(PROMPTS, SamplingConfig(), torch.Generator().manual_seed(4))
+    images = janus.decode(codes)
+    assert images.dtype == np.uint8 and images.shape == (2, 32, 32, 3)
+    questions = ["Is this a photo of a red stop sign?", "Is it blue?"]
+    score = janus.yes_no(images, questions)
+    assert score.shape == (2,) and ((score >= -1) & (score <= 1)).all()
+    one_by_one = torch.cat([janus.yes_no(images[i : i + 1], questions[i : i + 1]) for i in range(2)])
+    torch.testing.assert_close(score, one_by_one, rtol=0, atol=1e-6)  # left padding changes nothing
+    big = np.random.default_rng(0).integers(0, 256, (2, 64, 48, 3), dtype=np.uint8)  # resized and padded by SigLIP's
+    assert janus.yes_no(big, questions).shape == (2,)  # image processor
+    answers = janus.answer(images, questions, max_new_tokens=5)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)

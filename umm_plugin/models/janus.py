@@ -1,0 +1,407 @@
+"""Janus / Janus-Pro as a `UnifiedModel`, on `transformers`' own `JanusForConditionalGeneration` and `JanusProcessor`.
+
+A checkpoint is the layout of the public converted ones (`deepseek-community/Janus-Pro-1B`, `-7B`): it loads with
+`AutoModelForImageTextToText` and `AutoProcessor`, no remote code. Janus draws an image as VQ codes through its own
+generation path (`generation_embeddings` -> `generation_aligner` feed a code back in, `generation_head` reads the next
+one off the language model's last hidden state) and understands pixels through its SigLIP-style vision encoder, never
+its VQ codes. Image tokens are sampled by the plugin's own KV-cached loop, not by `generate(generation_mode="image")`
+(broken in transformers 5.15, and it returns no per-token log-probs), and `image_logprobs` re-scores them in one
+teacher-forced pass over the same rows, positions and classifier-free guidance, so the two agree.
+
+`build_tiny_janus` writes a random-init Janus of about 0.6 M parameters with a byte-level BPE tokenizer trained
+offline, in the same layout, for fast tests.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from umm_plugin.models.generation import SamplingConfig, left_pad, sample_logits
+
+DESCRIBE = "Describe the image."  # an understanding instruction for captions (GvU's judge reads the prompt after it)
+YES, NO = (" Yes", " yes"), (" No", " no")  # the answer after "<|Assistant|>:" starts with a space
+TINY_MAX_PARAMS = 2_000_000
+
+# Janus's tokens, spelled as in the DeepSeek tokenizer the public checkpoints ship.
+BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+IMAGE, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
+USER, ASSISTANT = "<|User|>", "<|Assistant|>"
+
+# The conversation format of Janus-Pro ("deepseek" SFT format): "<|User|>: text\n\n<|Assistant|>: answer<eos>", an
+# image part is "<image_placeholder>" on its own line. Used by the tiny model; a real checkpoint ships its own.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{ '<|User|>: ' }}"
+    "{%- else -%}{{ '<|Assistant|>:' }}{%- if message['content'] -%}{{ ' ' }}{%- endif -%}{%- endif -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}"
+    "{{ ('' if loop.first else '\\n') + '<image_placeholder>' + ('' if loop.last else '\\n') }}"
+    "{%- else -%}{{ part['text'] | trim }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ '\\n\\n' if message['role'] == 'user' else '" + EOS + "' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|Assistant|>:' }}{%- endif -%}"
+)
+
+
+class JanusUMM:
+    """A Janus checkpoint behind the `UnifiedModel` interface: image tokens with CFG, VQ decoding, understanding.
+
+    `model` is the `JanusForConditionalGeneration` (wrap or fine-tune it in place, e.g. with peft: every method calls
+    its submodules), `processor` its `JanusProcessor`."""
+
+    def __init__(self, model, processor):
+        self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
+        self.describe = DESCRIBE
+        vq = model.config.vq_config
+        self.image_tokens = vq.num_patches**2
+        self.image_size = vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
+        gen, tok = model.generation_config, self.tokenizer
+        self.bos_id = gen.bos_token_id if gen.bos_token_id is not None else tok.bos_token_id
+        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tok.pad_token_id
+        self.boi_id = tok.convert_tokens_to_ids(processor.image_start_token)
+        self.eos_id = tok.eos_token_id
+        first = [self._ids(w)[0] for w in YES + NO]
+        self.yes_ids, self.no_ids = sorted(set(first[: len(YES)])), sorted(set(first[len(YES) :]))
+        if set(self.yes_ids) & set(self.no_ids):
+            raise ValueError(f"the tokenizer starts {YES} and {NO} with a common token: yes_no cannot tell them apart")
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "JanusUMM":
+        """Load with the Auto classes (`kwargs` go to the model, e.g. `dtype`, `device_map`)."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"Janus model directory {path} not found (a tiny one: umm-plugin janus tiny --out DIR)"
+            )
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
+        if model.config.model_type != "janus":
+            raise ValueError(f"{path} holds a {model.config.model_type!r} model, not a Janus checkpoint")
+        return cls(model, AutoProcessor.from_pretrained(path))
+
+    def save_pretrained(self, path) -> None:
+        """Model, generation config and processor (tokenizer, image processor, chat template), reloadable by the Auto
+        classes."""
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    # ---- generation ----
+    def generation_prompt(self, prompt: str) -> list[int]:
+        """BOS, the chat template's user turn and assistant tag, then begin-of-image: what `JanusProcessor` builds for
+        `generation_mode="image"` after `apply_chat_template(..., add_generation_prompt=True)`."""
+        if not prompt.strip():
+            raise ValueError("empty prompt: give a text prompt such as 'a photo of a red stop sign'")
+        messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.processor(text=[text], generation_mode="image").input_ids[0].tolist()
+
+    def unconditional_prompt(self, prompt: str) -> list[int]:
+        """Janus's CFG row: the generation prompt with every token but BOS and begin-of-image replaced by pad."""
+        return self._unconditional(self.generation_prompt(prompt))
+
+    def _unconditional(self, ids: list[int]) -> list[int]:
+        return [t if t in (self.bos_id, self.boi_id) else self.pad_id for t in ids]
+
+    def _rows(self, prompts: list[str], cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and mask: the conditional rows, then (with CFG) the unconditional ones."""
+        rows = [self.generation_prompt(p) for p in prompts]
+        if cfg:
+            rows += [self._unconditional(r) for r in rows]
+        ids, mask = left_pad(rows, self.pad_id)
+        return ids.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def _guide(logits: torch.Tensor, cfg_scale: float, cfg: bool) -> torch.Tensor:
+        if not cfg:
+            return logits
+        cond, uncond = logits.float().chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+
+    @torch.no_grad()
+    def sample_image_tokens(
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        generator: torch.Generator | None = None,
+        return_logprobs: bool = False,
+    ):
+        """[B, image_tokens] codes: one prefill, then one cached step per code; with CFG the unconditional prompts are
+        extra rows of the batch and both rows are fed the sampled code. With `return_logprobs`, also the [B,
+        image_tokens] log-probs of the drawn codes under the guided, tempered distribution (as `image_logprobs`)."""
+        cfg = sampling.cfg_scale != 1.0
+        ids, mask = self._rows(prompts, cfg)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        lm, gen_head = self.model.model.language_model, self.model.model.generation_head
+        out = lm(
+            inputs_embeds=self.model.get_input_embeddings()(ids),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=DynamicCache(config=lm.config),
+            use_cache=True,
+        )
+        codes, logps = [], []
+        for step in range(self.image_tokens):
+            logits = self._guide(gen_head(out.last_hidden_state[:, -1]).float(), sampling.cfg_scale, cfg)
+            code = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.min_p, generator)
+            codes.append(code)
+            if return_logprobs:
+                logp = F.log_softmax(logits / (sampling.temperature or 1.0), -1)
+                logps.append(logp.gather(-1, code[:, None]).squeeze(-1))
+            if step + 1 == self.image_tokens:
+                break
+            fed = self.model.prepare_embeddings_for_image_generation(code.repeat(2 if cfg else 1)[:, None])
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+            pos = pos[:, -1:] + 1
+            out = lm(inputs_embeds=fed, attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values)
+        codes = torch.stack(codes, 1).cpu()
+        return (codes, torch.stack(logps, 1).cpu()) if return_logprobs else codes
+
+    def image_distribution(self, prompts: list[str], codes: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+        """[B, image_tokens, codebook] log-probs of every code at every position given the codes before it: one
+        teacher-forced pass over the sampler's rows (CFG rows included), guided and divided by the temperature (1
+        when greedy), before top-k / min-p. Gradients flow when called under grad."""
+        cfg = sampling.cfg_scale != 1.0
+        ids, mask = self._rows(prompts, cfg)
+        codes = codes.to(self.device)
+        fed = self.model.prepare_embeddings_for_image_generation(codes[:, :-1].repeat(2 if cfg else 1, 1))
+        text = self.model.get_input_embeddings()(ids)
+        embeds = torch.cat([text, fed.to(text.dtype)], 1)
+        mask = torch.cat([mask, mask.new_ones(len(mask), codes.shape[1] - 1)], 1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
+        ).last_hidden_state[:, ids.shape[1] - 1 :]
+        logits = self._guide(self.model.model.generation_head(hidden).float(), sampling.cfg_scale, cfg)
+        return F.log_softmax(logits / (sampling.temperature or 1.0), -1)
+
+    def image_logprobs(self, prompts: list[str], codes: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+        """[B, image_tokens] log p(code_j | prompt, codes_<j) under the sampler's distribution, with gradients."""
+        logp = self.image_distribution(prompts, codes, sampling)
+        return logp.gather(-1, codes.to(logp.device)[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """VQ decoder: [B, image_tokens] codes -> uint8 [B, image_size, image_size, 3], as Janus maps [-1, 1] to
+        pixels ((x + 1) * 127.5, clipped; the processor's own postprocess needs torchvision for small images)."""
+        pixels = self.model.decode_image_tokens(codes.to(self.device)).float()
+        return ((pixels + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    # ---- understanding ----
+    def _understand(self, images: np.ndarray, questions: list[str]):
+        """Processor inputs for "<|User|>: <image>\\nquestion\\n\\n<|Assistant|>:" per row (the checkpoint's system
+        prompt first when it sets one): left-padded ids, their mask, and the SigLIP pixel values."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        texts = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                add_generation_prompt=True,
+            )
+            for q in questions
+        ]
+        enc = self.processor(text=texts, images=list(images), generation_mode="text", padding=True)
+        ids, mask = enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+        pixels = enc.pixel_values.to(self.device, self.model.dtype)
+        return ids, mask, pixels
+
+    def text_logprobs(
+        self, images: np.ndarray, instruction: str, texts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(text_j | image, instruction, text_<j) of each text as the assistant's answer (" text" and the end
+        token), one teacher-forced pass for the batch. Returns (logp [B, L], mask [B, L]), right-padded."""
+        ids, mask, pixels = self._understand(images, [instruction] * len(texts))
+        targets = [self._ids(" " + t.strip()) + [self.eos_id] for t in texts]
+        width = max(len(t) for t in targets)
+        tgt = torch.tensor([t + [self.pad_id] * (width - len(t)) for t in targets], device=self.device)
+        tmask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in targets], device=self.device)
+        full_mask = torch.cat([mask, tmask], 1)
+        pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model.model(
+            input_ids=torch.cat([ids, tgt], 1), pixel_values=pixels, attention_mask=full_mask, position_ids=pos
+        ).last_hidden_state[:, ids.shape[1] - 1 : -1]
+        logp = F.log_softmax(self.model.lm_head(hidden).float(), -1).gather(-1, tgt[..., None]).squeeze(-1)
+        return logp * tmask, tmask.bool()
+
+    @torch.no_grad()
+    def yes_no(self, images: np.ndarray, questions: list[str]) -> torch.Tensor:
+        """[B] p(" Yes" or " yes") - p(" No" or " no") as the answer's first token."""
+        ids, mask, pixels = self._understand(images, questions)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(
+            input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=pos, logits_to_keep=1
+        ).logits[:, -1]
+        p = logits.float().softmax(-1)
+        return (p[:, self.yes_ids].sum(-1) - p[:, self.no_ids].sum(-1)).cpu()
+
+    @torch.no_grad()
+    def answer(self, images: np.ndarray, questions: list[str], max_new_tokens: int = 64) -> list[str]:
+        """Greedy answers with a KV cache, each up to its end token or `max_new_tokens`."""
+        ids, mask, pixels = self._understand(images, questions)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids,
+            pixel_values=pixels,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=DynamicCache(config=self.model.config.text_config),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        rows: list[list[int]] = [[] for _ in questions]
+        done = torch.zeros(len(questions), dtype=torch.bool, device=self.device)
+        for step in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)
+            for i in (~done).nonzero().flatten().tolist():
+                rows[i].append(int(token[i]))
+            done |= token == self.eos_id
+            if done.all() or step + 1 == max_new_tokens:
+                break
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+            pos = pos[:, -1:] + 1
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+
+
+def _tiny_tokenizer():
+    """A byte-level BPE tokenizer with Janus's special tokens, trained offline on the words of test prompts, the
+    system prompt and ShapesWorld's grammar: every string encodes (bytes at worst), common words are one token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
+
+    from umm_plugin.worlds.grammar import WORDS
+
+    specials = [BOS, EOS, PAD, IMAGE, BOI, EOI, USER, ASSISTANT]
+    words = (
+        "a photo of the an image picture is there this in on to left right above below and with two three four "
+        "red orange yellow green blue purple pink brown black white gray stop sign person car dog cat bird bus "
+        "train truck boat bench chair cup bottle clock apple banana pizza cake umbrella horse sheep cow"
+    )
+    corpus = [DEFAULT_SYSTEM_PROMPT, DESCRIBE, "Is this a photo of a red stop sign? Yes No yes no", words]
+    corpus = (corpus + [" ".join(WORDS)]) * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
+    )
+
+
+def tiny_janus_config(vocab_size: int, special: dict[str, int]):
+    """The tiny `JanusConfig` (the shapes of transformers' own Janus tests, grown to 16 image tokens): llama hidden
+    32 x 2 layers; SigLIP 32 px, patch 8 (4 x 4 = 16 image tokens); VQ with 64 codes decoding 4 x 4 codes to 32 px
+    (three upsamplings), base_channels 32 because its GroupNorm has 32 groups."""
+    from transformers import JanusConfig
+
+    text = dict(
+        model_type="llama",
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=special["pad"],
+        bos_token_id=special["bos"],
+        eos_token_id=special["eos"],
+    )
+    vision = dict(
+        image_size=32,
+        patch_size=8,
+        num_image_tokens=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        mlp_ratio=2,
+        projection_dim=32,
+        depth=2,
+    )
+    vq = dict(
+        embed_dim=8,
+        num_embeddings=64,
+        latent_channels=32,
+        base_channels=32,
+        channel_multiplier=[1, 1, 1, 1],
+        num_res_blocks=2,
+        projection_dim=32,
+        image_token_embed_dim=32,
+        num_hidden_layers=2,
+    )
+    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, image_token_id=special["image"])
+
+
+def build_tiny_janus(out_dir, seed: int = 0) -> JanusUMM:
+    """Write a seeded random-init Janus (about 0.6 M parameters) in the public checkpoints' layout: config.json,
+    model.safetensors, generation_config.json (CFG pad / BOS / begin-of-image ids), tokenizer, processor_config.json
+    (image processor, 16 placeholders per image, the default system prompt on) and chat_template.jinja."""
+    from transformers import GenerationConfig, JanusForConditionalGeneration, JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    tokenizer = _tiny_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    special = {"bos": ids(BOS), "eos": ids(EOS), "pad": ids(PAD), "image": ids(IMAGE)}
+    config = tiny_janus_config(len(tokenizer), special)
+    with torch.device("meta"):  # count before allocating anything
+        n = sum(p.numel() for p in JanusForConditionalGeneration(config).parameters())
+    if n > TINY_MAX_PARAMS:
+        raise ValueError(f"tiny Janus would have {n} parameters, over {TINY_MAX_PARAMS}")
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=special["bos"],
+        eos_token_id=special["eos"],
+        pad_token_id=special["pad"],
+        temperature=1.0,
+        guidance_scale=5.0,
+        generation_kwargs={"boi_token_id": ids(BOI)},  # where `JanusForConditionalGeneration.generate` reads it
+    )
+    vision = config.vision_config
+    image_processor = JanusImageProcessorPil(
+        size={"height": vision.image_size, "width": vision.image_size},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        min_size=14,
+    )
+    processor = JanusProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        use_default_system_prompt=True,
+        num_image_tokens=vision.num_image_tokens,
+    )
+    umm = JanusUMM(model, processor)
+    umm.save_pretrained(out_dir)
+    return umm
