@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
-from umm_plugin.models.generation import SamplingConfig
+from umm_plugin.models.generation import SamplingConfig, left_pad
 from umm_plugin.models.interface import UnifiedModel
-from umm_plugin.models.janus import DESCRIBE, TINY_MAX_PARAMS, JanusUMM
+from umm_plugin.models.janus import DESCRIBE, TINY_MAX_PARAMS, JanusUMM, janus_for_rl_class
 
 PROMPTS = ["a photo of a red stop sign", "two blue circles"]  # different lengths: left padding is exercised
 
@@ -175,3 +175,26 @@ def test_decode_yes_no_and_answer(janus):
     assert janus.yes_no(big, questions).shape == (2,)  # image processor
     answers = janus.answer(images, questions, max_new_tokens=5)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_the_rl_view_scores_a_rollout_as_the_sampler_drew_it_and_trains_the_generation_head(tiny_dir, janus):
+    # What OpenRLHF's actor computes on a rollout sequence (prompt ids, then text_vocab + code per image token):
+    # log_softmax(logits)[t, token t+1] at image positions equals the sampler's log-probs (no CFG, as RL rolls out).
+    rl = janus_for_rl_class().from_pretrained(tiny_dir).float()
+    sampling = SamplingConfig(temperature=1.0)
+    codes, sampled = janus.sample_image_tokens(
+        PROMPTS, sampling, torch.Generator().manual_seed(4), return_logprobs=True
+    )
+    vocab = rl.config.text_config.vocab_size
+    rows = [janus.generation_prompt(p) + [vocab + int(c) for c in row] for p, row in zip(PROMPTS, codes)]
+    ids, mask = left_pad(rows, janus.pad_id)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = rl(ids, attention_mask=mask, position_ids=pos).logits
+    assert logits.shape[-1] == vocab + rl.config.vq_config.num_embeddings
+    logp = torch.log_softmax(logits, -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(logp[:, -janus.image_tokens :], sampled, atol=1e-5, rtol=0)
+    logp[:, -janus.image_tokens :].sum().backward()
+    assert rl.model.generation_head.proj_out.weight.grad.abs().sum() > 0
+    # text positions are scored by the language model head over the text vocabulary only
+    assert torch.isfinite(logp[:, -janus.image_tokens - 3 : -janus.image_tokens]).all()
+    assert (torch.softmax(logits[:, 2], -1)[:, vocab:].sum(-1) == 0).all()

@@ -279,6 +279,39 @@ class JanusUMM:
         return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
 
 
+def janus_for_rl_class():
+    """`JanusForConditionalGeneration` seen as one causal LM over text and image tokens, the form an RL trainer's
+    actor scores sequences in (OpenRLHF's `Actor.forward`: `model(ids, attention_mask, position_ids).logits`).
+
+    Token id `text_vocab + c` is image code c: it is embedded through the generation path (generation embeddings +
+    aligner), and the position before it is scored by the generation head, every other position by the language
+    model head. Logits cover text + image ids, each position masked to the vocabulary its next token comes from,
+    which is how the sampler drew it (image codes from the generation head alone, without CFG as RL rollouts
+    sample), so log-softmax at an image position equals the sampler's log-prob of that code. The weights and the
+    saved checkpoint are Janus's own."""
+    from transformers import JanusForConditionalGeneration
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    class JanusForRL(JanusForConditionalGeneration):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+            vocab = self.config.text_config.vocab_size
+            image = input_ids >= vocab
+            embeds = self.get_input_embeddings()(input_ids.masked_fill(image, 0))
+            if image.any():
+                drawn = self.prepare_embeddings_for_image_generation((input_ids - vocab).clamp(min=0))
+                embeds = torch.where(image[..., None], drawn.to(embeds.dtype), embeds)
+            hidden = self.model.language_model(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            text, codes = self.lm_head(hidden).float(), self.model.generation_head(hidden).float()
+            next_is_image = torch.roll(image, -1, 1)[..., None]  # position t scores token t + 1
+            low = torch.finfo(text.dtype).min
+            logits = torch.cat([text.masked_fill(next_is_image, low), codes.masked_fill(~next_is_image, low)], -1)
+            return CausalLMOutputWithPast(logits=logits)
+
+    return JanusForRL
+
+
 def _tiny_tokenizer():
     """A byte-level BPE tokenizer with Janus's special tokens, trained offline on the words of test prompts, the
     system prompt and ShapesWorld's grammar: every string encodes (bytes at worst), common words are one token."""
