@@ -45,7 +45,8 @@ def test_check_binds_the_estimators_to_the_parsed_flags(pretrained_dir):
 def test_bad_flags_are_one_parser_error(pretrained_dir, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         _driver(["--actor.model_name_or_path", str(pretrained_dir), *argv])
-    assert e.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err  # one line, no usage dump
 
 
 def test_bad_model_and_prompt_file_are_one_parser_error(pretrained_dir, tmp_path, capsys):

@@ -72,8 +72,8 @@ def check(parser, args) -> None:
                     load_prompts(path)
         elif not model_dir.is_dir():
             raise ModelError(f"--actor.model_name_or_path {model_dir}: no such model directory")
-    except (ValueError, PromptError, ModelError) as e:
-        parser.error(str(e))
+    except (ValueError, PromptError, ModelError) as e:  # one line, not argparse's 180-line usage first
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     register_estimators(cfg)
 
 
