@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # GvU (token-level intrinsic reward + GRPO) on the ShapesWorld weak base, through OpenRLHF's real train_ppo_ray.
 #
-#   bash recipes/gvu.sh [--smoke] [--faithful] [--lora] [--steps N] [-- extra train_ppo_ray flags]
+#   bash recipes/gvu.sh [--model DIR] [--prompts FILE] [--smoke] [--faithful] [--lora] [--steps N] [-- extra flags]
 #
 # CPU by default (shared flags in recipes/ppo_cpu.sh). Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the
 # weak base, pretrained if missing: runs/shapes-weak), UMM_OUT (run dir: runs/gvu, or runs/gvu_smoke with --smoke).
+# --model DIR trains another model instead of the ShapesWorld base: a Janus / Janus-Pro directory (judged on its
+# decoded pixels); --prompts FILE trains on a GenEval-format JSONL file (default: ShapesWorld training prompts).
 # The reward scores the end token too (--gvu.include_eos true), so an extra object costs reward; --faithful keeps
 # the authors' settings (prompt tokens only, codes re-tokenized from pixels) for comparison.
 # --lora trains LoRA r 8 instead of the whole backbone (what a real-size model needs).
@@ -26,12 +28,17 @@ MIN_LR_RATIO=0.1
 GVU_FLAGS=(--gvu.include_eos true --gvu.reencode false)
 while [ $# -gt 0 ]; do
   case "$1" in
+    --model) BASE=$2; MODEL=$2; shift 2 ;;
+    --prompts) PROMPT_FILE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     --faithful) GVU_FLAGS=(--gvu.include_eos false --gvu.reencode true); shift ;;
     --lora) LORA_RANK=8; shift ;;
     --steps) STEPS=$2; shift 2 ;;
     --) shift; break ;;
-    *) echo "gvu.sh: unknown option $1 (use --smoke, --faithful, --lora, --steps N, -- extra flags)" >&2; exit 2 ;;
+    *)
+      echo "gvu.sh: unknown option $1 (use --model DIR, --prompts FILE, --smoke, --faithful, --lora, --steps N," \
+        "-- extra flags)" >&2
+      exit 2 ;;
   esac
 done
 

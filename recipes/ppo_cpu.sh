@@ -4,7 +4,9 @@
 # (default 2e-4), LORA_RANK (default 8: LoRA r 8 alpha 32 on every linear layer; 0: full fine-tuning), KL_BETA (k3
 # KL loss coefficient, default the GvU authors' 0.03), LR_SCHEDULER and MIN_LR_RATIO (default constant lr), TAGS
 # (training prompts' categories, comma-separated; default all ten), PROMPT_FLAGS (more `umm-plugin shapes prompts`
-# flags) and PRETRAIN_FLAGS; pretrains the weak base (with PRETRAIN_FLAGS) if BASE has none.
+# flags) and PRETRAIN_FLAGS; pretrains the weak base (with PRETRAIN_FLAGS) if BASE has none. MODEL (a recipe's
+# --model) names another model directory, never pretrained; PROMPT_FILE (--prompts) a GenEval-format prompt file
+# used instead of generated ShapesWorld prompts.
 # On GPUs drop --ds.device, --ds.param_dtype fp32 and --vllm.sync_backend gloo.
 # Image tokens are sampled at plain T 1 (the plugin's default min-p 0): under the GvU authors' min-p 0.03 the
 # ShapesWorld weak base draws almost nothing; `-- --umm.sampling.min_p 0.03` restores their sampler.
@@ -18,17 +20,22 @@ ppo_cpu() {
     exit 2
   fi
   mkdir -p "$OUT"
-  if [ ! -f "$BASE/umm_config.json" ]; then
+  if [ -z "${MODEL:-}" ] && [ ! -f "$BASE/umm_config.json" ]; then
     "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak ${PRETRAIN_FLAGS:-}
   fi
-  "$PY" -m umm_plugin.cli shapes prompts --split train --n $((STEPS * PROMPTS)) ${TAGS:+--tags "$TAGS"} \
-    ${PROMPT_FLAGS:-} --out "$OUT/train.jsonl"
+  local train="$OUT/train.jsonl"
+  if [ -n "${PROMPT_FILE:-}" ]; then
+    train=$PROMPT_FILE
+  else
+    "$PY" -m umm_plugin.cli shapes prompts --split train --n $((STEPS * PROMPTS)) ${TAGS:+--tags "$TAGS"} \
+      ${PROMPT_FLAGS:-} --out "$train"
+  fi
   RAY_DEDUP_LOGS=0 TOKENIZERS_PARALLELISM=false "$PY" -m openrlhf.cli.train_ppo_ray \
     --plugins umm_plugin.openrlhf.plugin:register \
     --rollout.engine umm_plugin.openrlhf.engine:create_engines \
     --train.agent_func_path "$agent" \
     --actor.model_name_or_path "$BASE" \
-    --data.prompt_dataset "$OUT/train.jsonl" --data.input_key prompt --data.label_key tag \
+    --data.prompt_dataset "$train" --data.input_key prompt --data.label_key tag \
     --data.max_len 256 --rollout.max_new_tokens 64 \
     --ds.device cpu --ds.param_dtype fp32 --ds.zero_stage 2 --ds.attn_implementation eager \
     --vllm.sync_backend gloo --vllm.num_engines 1 \

@@ -72,6 +72,57 @@ def caption_base_dir(tmp_path_factory):
     return out
 
 
+# GenEval-format lines with COCO classes, every GenEval tag's shape, and a TIIF-style checklist line.
+COCO = [
+    {"tag": "single_object", "include": [{"class": "stop sign", "count": 1}], "prompt": "a photo of a stop sign"},
+    {
+        "tag": "two_object",
+        "include": [{"class": "cell phone", "count": 1}, {"class": "fire hydrant", "count": 1}],
+        "prompt": "a photo of a cell phone and a fire hydrant",
+    },
+    {
+        "tag": "counting",
+        "include": [{"class": "teddy bear", "count": 3}],
+        "exclude": [{"class": "teddy bear", "count": 4}],
+        "prompt": "a photo of three teddy bears",
+    },
+    {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"},
+    {
+        "tag": "position",
+        "include": [{"class": "train", "count": 1}, {"class": "stop sign", "count": 1, "position": ["right of", 0]}],
+        "prompt": "a photo of a stop sign right of a train",
+    },
+    {
+        "tag": "color_attr",
+        "include": [
+            {"class": "oven", "count": 1, "color": "purple"},
+            {"class": "teddy bear", "count": 1, "color": "black"},
+        ],
+        "prompt": "a photo of a purple oven and a black teddy bear",
+    },
+    {  # TIIF-style: a checklist of yes/no questions and a tag of its own, kept as given
+        "tag": "spatial_3d",
+        "include": [{"class": "cat", "count": 2}, {"class": "bed", "count": 1, "position": ["above", 0]}],
+        "prompt": "two cats under a bed",
+        "yn_question_list": ["Are there two cats?", "Is the bed above the cats?"],
+        "source": "tiif",
+    },
+]
+
+
+@pytest.fixture(scope="session")
+def coco_records():
+    return COCO
+
+
+@pytest.fixture(scope="session")
+def coco_file(tmp_path_factory):
+    """COCO written as a GenEval-format JSONL prompt file."""
+    path = tmp_path_factory.mktemp("prompts") / "coco.jsonl"
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in COCO))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_janus_dir(tmp_path_factory):
     """A random-init Janus (0.6 M parameters) in the real checkpoint layout, written by `build_tiny_janus`."""

@@ -8,6 +8,7 @@ import json
 import pytest
 from openrlhf.trainer.ppo_utils.experience_maker import GROUP_ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_ESTIMATORS
 from openrlhf.utils.config import hierarchize
+from transformers import AutoModelForImageTextToText
 
 from umm_plugin.openrlhf.plugin import gvu_grpo, r3_stage, register
 
@@ -20,8 +21,12 @@ def _driver(argv):
     for flag in ("--rollout.engine", "--actor.model_name_or_path", "--data.prompt_dataset", "--eval.dataset"):
         parser.add_argument(flag, default=None)
     parser.add_argument("--ds.lora.rank", type=int, default=0)
+    parser.add_argument("--ds.lora.target_modules", nargs="*", default="all-linear")
+    parser.add_argument("--algo.advantage.estimator", default="gvu_grpo")
     check = register(parser)
-    check(hierarchize(parser.parse_args(argv)))
+    args = hierarchize(parser.parse_args(argv))
+    check(args)
+    return args
 
 
 def test_check_binds_the_estimators_to_the_parsed_flags(pretrained_dir):
@@ -60,8 +65,60 @@ def test_bad_model_and_prompt_file_are_one_parser_error(pretrained_dir, tmp_path
     assert 'p.jsonl:1: include[0].class: unknown class "dog"' in capsys.readouterr().err
 
 
-def test_a_worker_builds_its_config_from_the_exported_flags(monkeypatch):
+def test_a_worker_builds_its_config_from_the_exported_flags(monkeypatch, tiny_janus_dir):
     monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps({"gvu.eps": 0.25, "r3.std_norm": False}))
+    mapping = AutoModelForImageTextToText._model_mapping
+    monkeypatch.setattr(mapping, "_extra_content", dict(mapping._extra_content))  # undone after the test
     register(None)
     assert GROUP_ADVANTAGE_ESTIMATORS["gvu_grpo"].keywords["cfg"].eps == 0.25
     assert TOKEN_ADVANTAGE_ESTIMATORS["r3_stage"].keywords["cfg"].std_norm is False
+    # what OpenRLHF's actor loads for a Janus directory: the RL view over text and image token ids
+    assert type(AutoModelForImageTextToText.from_pretrained(tiny_janus_dir)).__name__ == "JanusForRL"
+
+
+def test_janus_check_expands_lora_to_the_language_model_and_reads_real_prompt_files(tiny_janus_dir, coco_file):
+    janus = ["--actor.model_name_or_path", str(tiny_janus_dir), "--rollout.engine", ENGINE]
+    args = _driver([*janus, "--data.prompt_dataset", str(coco_file), "--ds.lora.rank", "8"])
+    layers = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # OpenRLHF's all-linear
+    assert sorted(args.ds.lora.target_modules) == sorted(
+        f"model.language_model.layers.{i}.{'mlp' if m in layers[4:] else 'self_attn'}.{m}"
+        for i in range(2)
+        for m in layers
+    )
+    args = _driver([*janus, "--ds.lora.rank", "8", "--ds.lora.target_modules", "q_proj", "down_proj"])
+    assert args.ds.lora.target_modules == [
+        f"model.language_model.layers.{i}.{m}" for i in range(2) for m in ("self_attn.q_proj", "mlp.down_proj")
+    ]  # not the SigLIP encoder's q_proj
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "is a Janus model: vLLM does not serve its image generation"),
+        (["--rollout.engine", ENGINE, "--umm.head.rl", "true"], "Janus decodes with its VQ decoder"),
+        (["--rollout.engine", ENGINE, "--algo.advantage.estimator", "srum_dense"], "only GvU (gvu_grpo) runs"),
+        (["--rollout.engine", ENGINE, "--ds.lora.rank", "8", "--ds.lora.target_modules", "fc1"], "no such linear"),
+    ],
+)
+def test_janus_check_refuses_what_does_not_run_on_janus(tiny_janus_dir, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        _driver(["--actor.model_name_or_path", str(tiny_janus_dir), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_janus_check_names_the_bad_line_of_a_real_prompt_file(tiny_janus_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"tag": "single_object", "include": [{"class": "stop sign", "count": 1}], "prompt": "a"}\n7\n')
+    with pytest.raises(SystemExit):
+        _driver(
+            [
+                "--actor.model_name_or_path",
+                str(tiny_janus_dir),
+                "--rollout.engine",
+                ENGINE,
+                "--data.prompt_dataset",
+                str(prompts),
+            ]
+        )
+    assert f"{prompts}:2:" in capsys.readouterr().err

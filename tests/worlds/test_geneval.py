@@ -7,41 +7,6 @@ import pytest
 from umm_plugin.worlds.geneval import GENEVAL_TAGS, MAX_SHOWN, load_geneval, shorten
 from umm_plugin.worlds.grammar import PromptError, load_prompts
 
-COCO = [
-    {"tag": "single_object", "include": [{"class": "stop sign", "count": 1}], "prompt": "a photo of a stop sign"},
-    {
-        "tag": "two_object",
-        "include": [{"class": "cell phone", "count": 1}, {"class": "fire hydrant", "count": 1}],
-        "prompt": "a photo of a cell phone and a fire hydrant",
-    },
-    {
-        "tag": "counting",
-        "include": [{"class": "teddy bear", "count": 3}],
-        "exclude": [{"class": "teddy bear", "count": 4}],
-        "prompt": "a photo of three teddy bears",
-    },
-    {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"},
-    {
-        "tag": "position",
-        "include": [{"class": "train", "count": 1}, {"class": "stop sign", "count": 1, "position": ["right of", 0]}],
-        "prompt": "a photo of a stop sign right of a train",
-    },
-    {
-        "tag": "color_attr",
-        "include": [
-            {"class": "oven", "count": 1, "color": "purple"},
-            {"class": "teddy bear", "count": 1, "color": "black"},
-        ],
-        "prompt": "a photo of a purple oven and a black teddy bear",
-    },
-    {  # TIIF-style: a checklist of yes/no questions and a tag of its own, kept as given
-        "tag": "spatial_3d",
-        "include": [{"class": "cat", "count": 2}, {"class": "bed", "count": 1, "position": ["above", 0]}],
-        "prompt": "two cats under a bed",
-        "yn_question_list": ["Are there two cats?", "Is the bed above the cats?"],
-        "source": "tiif",
-    },
-]
 GOOD = '{"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "brown"}], "prompt": "a brown dog"}'
 
 
@@ -50,11 +15,12 @@ def write(path, lines) -> str:
     return str(path)
 
 
-def test_real_geneval_lines_load_with_every_field(tmp_path):
-    path = write(tmp_path / "coco.jsonl", [json.dumps(rec) for rec in COCO])
+def test_real_geneval_lines_load_with_every_field(tmp_path, coco_records):
+    path = write(tmp_path / "coco.jsonl", [json.dumps(rec) for rec in coco_records])
     loaded = load_geneval(path)
     assert [r["tag"] for r in loaded[:6]] == list(GENEVAL_TAGS)
-    assert loaded == [{"exclude": [], **rec} for rec in COCO]  # exclude defaults to none; extra keys pass through
+    # exclude defaults to none; extra keys pass through
+    assert loaded == [{"exclude": [], **rec} for rec in coco_records]
     assert loaded[2]["exclude"] == [{"class": "teddy bear", "count": 4}]
     assert loaded[4]["include"][1]["position"] == ["right of", 0]
     assert loaded[6]["yn_question_list"][1] == "Is the bed above the cats?"
@@ -237,20 +203,20 @@ def test_quoted_values_are_short_and_on_one_line():
     assert shorten(True) == "true" and shorten(None) == "null"
 
 
-def test_check_world_errors_get_the_file_and_line(tmp_path):
+def test_check_world_errors_get_the_file_and_line(tmp_path, coco_records):
     def only_dogs(rec):
         for i, req in enumerate(rec["include"]):
             if req["class"] != "dog":
                 raise PromptError(f"include[{i}].class: this world only draws dogs, got {shorten(req['class'])}")
 
-    path = write(tmp_path / "w.jsonl", [GOOD, json.dumps(COCO[0])])
+    path = write(tmp_path / "w.jsonl", [GOOD, json.dumps(coco_records[0])])
     with pytest.raises(PromptError) as err:
         load_geneval(path, only_dogs)
     assert str(err.value) == f'{path}:2: include[0].class: this world only draws dogs, got "stop sign"'
 
 
-def test_shapesworld_loader_rejects_real_classes_in_one_line(tmp_path):
-    path = write(tmp_path / "coco.jsonl", [json.dumps(rec) for rec in COCO])
+def test_shapesworld_loader_rejects_real_classes_in_one_line(tmp_path, coco_records):
+    path = write(tmp_path / "coco.jsonl", [json.dumps(rec) for rec in coco_records])
     with pytest.raises(PromptError) as err:
         load_prompts(path)
     msg = str(err.value)

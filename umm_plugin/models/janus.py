@@ -58,6 +58,9 @@ class JanusUMM:
         self.describe = DESCRIBE
         vq = model.config.vq_config
         self.image_tokens = vq.num_patches**2
+        # In a rollout sequence image code c is token id image_offset + c (the RL view's vocabulary, below).
+        self.image_offset = model.config.text_config.vocab_size
+        self.image_ids = list(range(self.image_offset, self.image_offset + vq.num_embeddings))
         self.image_size = vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
         gen, tok = model.generation_config, self.tokenizer
         self.bos_id = gen.bos_token_id if gen.bos_token_id is not None else tok.bos_token_id
@@ -71,16 +74,19 @@ class JanusUMM:
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "JanusUMM":
-        """Load with the Auto classes (`kwargs` go to the model, e.g. `dtype`, `device_map`)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        """Load the model as `JanusForConditionalGeneration` (`kwargs` go to it, e.g. `dtype`, `device_map`) and the
+        processor with `AutoProcessor`. The concrete class, not `AutoModelForImageTextToText`: in an RL worker the
+        Auto class maps Janus to the actor's RL view (`janus_for_rl_class`)."""
+        from transformers import AutoConfig, AutoProcessor, JanusForConditionalGeneration
 
         if not Path(path).is_dir():
             raise FileNotFoundError(
                 f"Janus model directory {path} not found (a tiny one: umm-plugin janus tiny --out DIR)"
             )
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
-        if model.config.model_type != "janus":
-            raise ValueError(f"{path} holds a {model.config.model_type!r} model, not a Janus checkpoint")
+        kind = AutoConfig.from_pretrained(path).model_type
+        if kind != "janus":
+            raise ValueError(f"{path} holds a {kind!r} model, not a Janus checkpoint")
+        model = JanusForConditionalGeneration.from_pretrained(path, **kwargs).eval()
         return cls(model, AutoProcessor.from_pretrained(path))
 
     def save_pretrained(self, path) -> None:
@@ -92,6 +98,16 @@ class JanusUMM:
     @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
+
+    @property
+    def backbone(self):
+        """The trained module (the whole Janus model): what a rollout engine wraps with LoRA or swaps for a frozen
+        reference copy."""
+        return self.model
+
+    @backbone.setter
+    def backbone(self, module):
+        self.model = module
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -115,7 +131,9 @@ class JanusUMM:
 
     def _rows(self, prompts: list[str], cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and mask: the conditional rows, then (with CFG) the unconditional ones."""
-        rows = [self.generation_prompt(p) for p in prompts]
+        return self._pad([self.generation_prompt(p) for p in prompts], cfg)
+
+    def _pad(self, rows: list[list[int]], cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if cfg:
             rows += [self._unconditional(r) for r in rows]
         ids, mask = left_pad(rows, self.pad_id)
@@ -139,8 +157,14 @@ class JanusUMM:
         """[B, image_tokens] codes: one prefill, then one cached step per code; with CFG the unconditional prompts are
         extra rows of the batch and both rows are fed the sampled code. With `return_logprobs`, also the [B,
         image_tokens] log-probs of the drawn codes under the guided, tempered distribution (as `image_logprobs`)."""
+        rows = [self.generation_prompt(p) for p in prompts]
+        return self.sample_rows(rows, sampling, generator, return_logprobs)
+
+    @torch.no_grad()
+    def sample_rows(self, rows: list[list[int]], sampling, generator=None, return_logprobs: bool = False):
+        """`sample_image_tokens` after given generation-prompt ids (a rollout engine's requests)."""
         cfg = sampling.cfg_scale != 1.0
-        ids, mask = self._rows(prompts, cfg)
+        ids, mask = self._pad(rows, cfg)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         lm, gen_head = self.model.model.language_model, self.model.model.generation_head
         out = lm(
@@ -294,6 +318,8 @@ def janus_for_rl_class():
 
     class JanusForRL(JanusForConditionalGeneration):
         def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+            if position_ids is None and attention_mask is not None:  # left padding, as the sampler counts positions
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             vocab = self.config.text_config.vocab_size
             image = input_ids >= vocab
             embeds = self.get_input_embeddings()(input_ids.masked_fill(image, 0))
@@ -308,6 +334,16 @@ def janus_for_rl_class():
             low = torch.finfo(text.dtype).min
             logits = torch.cat([text.masked_fill(next_is_image, low), codes.masked_fill(~next_is_image, low)], -1)
             return CausalLMOutputWithPast(logits=logits)
+
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            """Janus's own checkpoint: the class it reloads as in `config.json`, and the image processor settings of
+            the directory it came from (OpenRLHF's actor saves the tokenizer alone)."""
+            super().save_pretrained(save_directory, *args, **kwargs)
+            self.config.architectures = ["JanusForConditionalGeneration"]
+            self.config.to_json_file(Path(save_directory) / "config.json")
+            source, target = Path(self.name_or_path) / "processor_config.json", Path(save_directory)
+            if source.is_file() and not (target / source.name).exists():
+                target.joinpath(source.name).write_bytes(source.read_bytes())
 
     return JanusForRL
 

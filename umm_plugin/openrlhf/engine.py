@@ -15,6 +15,11 @@ runs the LoRA-free reference weights: with LoRA the adapter switched off (no sec
 fine-tuned one frozen copy. Every `--umm.eval.steps` weight syncs it evaluates its current weights (= the actor's) on
 held-out ShapesWorld prompts (plus the executor's own `evaluate`, if it has one) and saves them as a complete UMM
 directory.
+
+A Janus directory (`models/janus.py`) is served the same way for image tokens (token id = image_offset + code, the
+actor's RL view) plus one more call, `text_logprobs` (decode codes, score a text given the pixels: GvU's judge,
+batched like `generate`); its evaluation is `eval.evaluate_geneval` on the run's eval (else training) prompts, and
+its `policy/` a Janus checkpoint.
 """
 
 import asyncio
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text
+from umm_plugin.models.interface import load_model
 from umm_plugin.models.umm import UMM
 
 BATCH_WINDOW_S = 0.005  # how long a first request waits for others to join its batch
@@ -60,6 +66,7 @@ class RequestOutput:
 
 @dataclass
 class _Request:
+    kind: str  # score, image, text, or understand (ids: image codes, params: (instruction, text))
     ids: list
     params: object
     use_adapter: bool
@@ -81,7 +88,9 @@ def _lora_config(args):
 
 
 class UMMRolloutEngine:
-    def __init__(self, model_dir, seed, agent_func_path, lora=None, log_dir=None, index=0, temperature=1.0):
+    def __init__(
+        self, model_dir, seed, agent_func_path, lora=None, log_dir=None, index=0, temperature=1.0, eval_prompts=None
+    ):
         from umm_plugin.openrlhf.config import plugin_config
 
         config = plugin_config()
@@ -89,19 +98,28 @@ class UMMRolloutEngine:
         # The rollout sampler (--rollout.temperature with --umm.sampling.*) is also what evaluation uses.
         self.sampling = dataclasses.replace(self.cfg.sampling, temperature=temperature)
         self.kwargs = {"model": model_dir}  # what executors read on vLLM's actor too
-        self.umm = UMM.from_pretrained(model_dir)
+        self.umm = load_model(model_dir)
+        self.shapes = isinstance(self.umm, UMM)
+        self.peft = None  # LoRA injects its layers in place; the wrapper names the weights and switches them off
         if lora is not None:
             from peft import get_peft_model
 
-            self.umm.backbone = get_peft_model(self.umm.backbone, lora).eval()
+            self.peft = get_peft_model(self.umm.backbone, lora).eval()
+            if self.shapes:  # its generation functions call the backbone itself
+                self.umm.backbone = self.peft
         # Full fine-tuning has no adapter to switch off, so judge=reference there keeps one frozen copy of the
         # backbone (the only case with a second copy; with LoRA the reference is the same weights, adapter off).
         self.reference = None
         if lora is None and self.cfg.judge.weights == "reference":
             self.reference = copy.deepcopy(self.umm.backbone).eval().requires_grad_(False)
-        # The actor syncs its diffusion-head policy (--umm.head.rl) under the extension's name.
-        self.params = dict(self.umm.backbone.named_parameters())
-        self.params |= {f"umm_head.{n}": p for n, p in self.umm.head.named_parameters()}
+        self.params = dict((self.peft or self.umm.backbone).named_parameters())
+        if self.shapes:  # the actor syncs its diffusion-head policy (--umm.head.rl) under the extension's name
+            self.params |= {f"umm_head.{n}": p for n, p in self.umm.head.named_parameters()}
+        self.eval_metas = []
+        if not self.shapes and eval_prompts and self.cfg.eval.steps:
+            from umm_plugin.worlds.geneval import load_geneval
+
+            self.eval_metas = load_geneval(eval_prompts)[: self.cfg.eval.n]
         self.generator = torch.Generator().manual_seed(seed + index)
         self.executor = None
         if agent_func_path:
@@ -121,8 +139,19 @@ class UMMRolloutEngine:
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None, use_adapter=True):
         if multi_modal_data:
             raise ValueError("the UMM engine takes images as tokens in the prompt, not multi_modal_data")
+        return await self._submit(self._kind(sampling_params), list(prompt_token_ids), sampling_params, use_adapter)
+
+    async def text_logprobs(self, codes, instruction: str, text: str, use_adapter=True):
+        """Understanding of one generated image (a model of the interface other than ShapesWorld's): decode `codes`,
+        then log p(text_j | pixels, instruction, text_<j) per token, the end token last. Returns (log-probs, pixels
+        [H, W, 3]). Concurrent calls run as one batch."""
+        if self.shapes:
+            raise ValueError("the ShapesWorld model is judged through generate(..., prompt_logprobs=0)")
+        return await self._submit("understand", [int(c) for c in codes], (instruction, text), use_adapter)
+
+    async def _submit(self, kind, ids, params, use_adapter):
         loop = asyncio.get_running_loop()
-        req = _Request(list(prompt_token_ids), sampling_params, use_adapter, loop.create_future())
+        req = _Request(kind, ids, params, use_adapter, loop.create_future())
         self.pending.append(req)
         if len(self.pending) == 1:
             loop.create_task(self._flush())
@@ -154,16 +183,26 @@ class UMMRolloutEngine:
                 yield
             finally:
                 self.umm.backbone = live
-        elif hasattr(self.umm.backbone, "disable_adapter"):
-            with self.umm.backbone.disable_adapter():
+        elif self.peft is not None:
+            with self.peft.disable_adapter():
                 yield
         else:
             raise ValueError("the reference weights were asked for, but the engine has no LoRA and no frozen copy")
 
     def _kind(self, params) -> str:
         """score (prompt_logprobs), image (the image vocabulary, one grid of codes) or text (the text vocabulary)."""
-        lay = self.umm.layout
         allowed = list(params.allowed_token_ids or [])
+        if getattr(params, "logprobs", None) is not None:
+            raise ValueError("the UMM engine does not return sampled-token logprobs; leave logprobs unset")
+        if not self.shapes:
+            if allowed == self.umm.image_ids and params.max_tokens == self.umm.image_tokens:
+                return "image"
+            raise ValueError(
+                f"the engine serves a {type(self.umm).__name__}'s image tokens (allowed_token_ids = its image ids "
+                f"{self.umm.image_offset} .. {self.umm.image_ids[-1]}, max_tokens = {self.umm.image_tokens}) and "
+                "text_logprobs only"
+            )
+        lay = self.umm.layout
         if getattr(params, "prompt_logprobs", None) is not None:
             return "score"
         if allowed == lay.code_ids + [lay.eol] and params.max_tokens == lay.length:
@@ -180,25 +219,31 @@ class UMMRolloutEngine:
     def _run(self, batch: list[_Request]) -> list[RequestOutput]:
         out = [None] * len(batch)
         groups = {}
-        pad, lay = self.umm.tokenizer.pad_token_id, self.umm.layout
+        pad = self.umm.tokenizer.pad_token_id
         for i, r in enumerate(batch):
-            p = r.params
-            if getattr(p, "logprobs", None) is not None:
-                raise ValueError("the UMM engine does not return sampled-token logprobs; leave logprobs unset")
-            kind = self._kind(p)
+            p, kind = r.params, r.kind
+            if kind == "understand":  # one batch per instruction
+                groups.setdefault((kind, r.use_adapter, 0, 0, 0, p[0]), []).append(i)
+                continue
             # Requests batch together when they sample alike; text turns also need the same stops, length and token
             # set. The whole text vocabulary (the usual set) is a cut of the logits, not a gather of every column.
             allowed = tuple(p.allowed_token_ids or ())
-            allowed = "text" if len(set(allowed)) == lay.image_offset else allowed
+            allowed = "text" if kind == "text" and len(set(allowed)) == self.umm.layout.image_offset else allowed
             text = (tuple(p.stop_token_ids or ()), p.max_tokens, allowed) if kind == "text" else ()
             key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), text)
             groups.setdefault(key, []).append(i)
         for (kind, adapter, temperature, top_k, min_p, text), idx in groups.items():
             with self._adapter(adapter):
-                if kind == "score":
+                if kind == "understand":
+                    pixels = self.umm.decode(torch.tensor([batch[i].ids for i in idx]))
+                    logp, mask = self.umm.text_logprobs(pixels, text, [batch[i].params[1] for i in idx])
+                    for k, i in enumerate(idx):
+                        out[i] = (logp[k][mask[k]].tolist(), pixels[k])
+                elif kind == "score":
                     for i, res in zip(idx, self._score([batch[i] for i in idx])):
                         out[i] = res
                 elif kind == "text":  # vLLM stops at EOS and at stop_token_ids, and keeps the stop token
+                    lay = self.umm.layout
                     stops, max_tokens, allowed = text
                     stop = {*stops, self.umm.tokenizer.eos_token_id}
                     vocab, allowed = (lay.image_offset, None) if allowed == "text" else (None, allowed or None)
@@ -209,7 +254,14 @@ class UMMRolloutEngine:
                     for i, row in zip(idx, texts):
                         reason = "stop" if row and row[-1] in stop else "length"
                         out[i] = RequestOutput(batch[i].ids, [Completion(row, finish_reason=reason)])
+                elif not self.shapes:  # image tokens of a model of the interface: token id = image_offset + code
+                    sampling = SamplingConfig(temperature, max(0, top_k), min_p)
+                    codes = self.umm.sample_rows([batch[i].ids for i in idx], sampling, self.generator)
+                    for i, row in zip(idx, codes):
+                        tokens = (row + self.umm.image_offset).tolist()
+                        out[i] = RequestOutput(batch[i].ids, [Completion(tokens)])
                 else:
+                    lay = self.umm.layout
                     sampling = SamplingConfig(temperature, max(0, top_k), min_p)
                     rows = [batch[i].ids for i in idx]
                     codes = generate_image_tokens(
@@ -296,34 +348,45 @@ class UMMRolloutEngine:
         pass
 
     # ---- curves, grids and checkpoints ----
-    def merged(self) -> UMM:
-        """A copy of the current policy as a plain UMM (LoRA merged in)."""
+    def merged(self):
+        """A copy of the current policy without LoRA layers (merged in), of the served model's class."""
         model = copy.copy(self.umm)
-        if hasattr(self.umm.backbone, "merge_and_unload"):
-            model.backbone = copy.deepcopy(self.umm.backbone).merge_and_unload()
+        if self.peft is not None:
+            model.backbone = copy.deepcopy(self.peft).merge_and_unload()
         return model
 
     def evaluate_and_save(self) -> dict:
-        from umm_plugin.eval import save_grid, shapes_rollout_stats
+        """Evaluate the current policy, log a curve row and a grid, and save it as `policy/` (written beside, then
+        renamed). ShapesWorld: held-out accuracy by the exact evaluator and the GvU reward; another model: its own
+        GvU reward and yes/no checks on GenEval-format prompts (self-judged, `eval.evaluate_geneval`)."""
+        from umm_plugin.eval import evaluate_geneval, save_grid, shapes_rollout_stats
         from umm_plugin.openrlhf.curves import append_curve
         from umm_plugin.worlds.grammar import make_prompts
 
         t0 = time.time()
         model = self.merged()
-        with self._adapter(self.cfg.judge.weights == "policy"):
-            stats, images = shapes_rollout_stats(
-                model, self.cfg.eval.n, self.include_eos, self.umm.backbone, sampling=self.sampling
-            )
-        row = {"step": self.syncs, **stats}
+        if self.shapes:
+            with self._adapter(self.cfg.judge.weights == "policy"):
+                stats, images = shapes_rollout_stats(
+                    model, self.cfg.eval.n, self.include_eos, self.umm.backbone, sampling=self.sampling
+                )
+            row = {"step": self.syncs, **stats}
+            caption = f"step {self.syncs}: held-out accuracy {stats['accuracy']:.3f}, reward {stats['reward']:.3f}"
+            prompts = [m["prompt"] for m in make_prompts(GRID, "eval", 0)]  # the grid's prompts, in reading order
+        else:
+            report, images = evaluate_geneval(model, self.eval_metas, sampling=self.sampling, seed=0)
+            row = {"step": self.syncs, "reward": report["by_tag"]["overall"]["gvu_reward"]}
+            row |= {f"yes_no_pass_{tag}": v["yes_no_pass"] for tag, v in report["by_tag"].items()}
+            caption = f"step {self.syncs}: self-judged reward {row['reward']:.3f}"
+            caption += f", yes/no passed {row['yes_no_pass_overall']:.3f}"
+            prompts = [m["prompt"] for m in self.eval_metas[:GRID]]
         if hasattr(self.executor, "evaluate"):  # a recipe's own evaluation (R3: accuracy after each round)
             row |= self.executor.evaluate(model, self.log_dir, self.syncs, self.sampling)
         for key in dict.fromkeys(k for r in self.records for k in r):  # R3's stages log different keys
             row[f"train_{key}"] = float(np.mean([r[key] for r in self.records if key in r]))
         self.records = []
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        caption = f"step {self.syncs}: held-out accuracy {stats['accuracy']:.3f}, reward {stats['reward']:.3f}"
         save_grid(images[:GRID], caption, self.log_dir / f"grid_{self.syncs:05d}.png")
-        prompts = [m["prompt"] for m in make_prompts(GRID, "eval", 0)]  # the grid's prompts, in reading order
         (self.log_dir / "grid_prompts.txt").write_text("\n".join(prompts) + "\n")
         append_curve(self.log_dir, row)
         tmp, final = self.log_dir / ".policy.tmp", self.log_dir / "policy"
@@ -343,6 +406,7 @@ def create_engines(args, shared_pg=None):
 
     cfg = plugin_config().umm
     log_dir = cfg.log_dir or str(Path(args.ckpt.output_dir) / "umm")
+    eval_prompts = args.eval.dataset or args.data.prompt_dataset  # a real model's evaluation prompts
     lora = _lora_config(args) if args.ds.lora.rank > 0 else None
     actor = ray.remote(UMMRolloutEngine)
     return [
@@ -354,6 +418,7 @@ def create_engines(args, shared_pg=None):
             log_dir,
             i,
             args.rollout.temperature,
+            eval_prompts,
         )
         for i in range(max(1, args.vllm.num_engines or 1))
     ]

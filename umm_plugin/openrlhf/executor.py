@@ -26,20 +26,27 @@ class UMMExecutor(AgentExecutorBase):
         self.generator = torch.Generator().manual_seed(0)
         self.draws, self.draws_sync = {}, None  # --umm.head.rl: id(sampling params) -> (params, t_index, noise)
 
-    def model(self, llm_engine) -> UMM:
-        """The engine's own UMM (our engine), or the small non-backbone parts loaded next to vLLM's backbone."""
+    def model(self, llm_engine):
+        """The engine's own model (our engine: a UMM or a Janus model), or the small non-backbone parts of a UMM
+        loaded next to vLLM's backbone."""
         if self.umm is None:
             self.umm = getattr(llm_engine, "umm", None) or UMM.from_pretrained(llm_engine.kwargs["model"])
         return self.umm
 
     async def generate_codes(self, llm_engine, sampling_params, ids: list[int]) -> tuple[list[int], torch.Tensor]:
-        """One image after `ids`, sampled with the run's top-k/min-p: its token ids (rows of codes, each ended by
-        <EOL>) and its codes. Every <EOL> is fed, never sampled: pretraining keeps them out of the loss, so the model
-        cannot write them. Our engine feeds them inside one call; on vLLM each row is one call over the image
-        vocabulary, the prompt growing by that row and its <EOL> (prefix caching keeps the re-read cheap)."""
-        lay = self.model(llm_engine).layout
+        """One image after `ids`, sampled with the run's top-k/min-p: its token ids and its codes. ShapesWorld's
+        image is rows of codes, each ended by <EOL>. Every <EOL> is fed, never sampled: pretraining keeps them out
+        of the loss, so the model cannot write them. Our engine feeds them inside one call; on vLLM each row is one
+        call over the image vocabulary, the prompt growing by that row and its <EOL> (prefix caching keeps the
+        re-read cheap)."""
+        umm = self.model(llm_engine)
         params = deepcopy(sampling_params)
         params.min_p, params.top_k = self.cfg.sampling.min_p, self.cfg.sampling.top_k or -1
+        if not isinstance(umm, UMM):  # another model of the interface (Janus): no <EOL>, token = image_offset + code
+            params.max_tokens, params.allowed_token_ids = umm.image_tokens, umm.image_ids
+            tokens = list((await llm_engine.generate(ids, params)).outputs[0].token_ids)
+            return tokens, torch.tensor(tokens) - umm.image_offset
+        lay = umm.layout
         if getattr(llm_engine, "umm", None) is not None:
             params.max_tokens, params.allowed_token_ids = lay.length, lay.code_ids + [lay.eol]
             tokens = list((await llm_engine.generate(ids, params)).outputs[0].token_ids)

@@ -4,8 +4,8 @@
 `--srum.*`, `--r3.*`) and returns a check that validates them, the model directory and the prompt file before Ray
 starts, so bad input fails in one line, not in a worker; the check then registers the advantage estimators with the
 parsed config. `register(None)` runs in every Ray worker: it reads the config the driver exported once and registers
-the estimators (`gvu_grpo`, and the token-level `srum_dense` and `r3_stage`) and, with `--umm.head.rl`, the
-diffusion head's actor extension.
+the estimators (`gvu_grpo`, and the token-level `srum_dense` and `r3_stage`), Janus's RL view as the model class
+OpenRLHF's actor loads for a Janus directory, and, with `--umm.head.rl`, the diffusion head's actor extension.
 """
 
 from functools import partial
@@ -70,11 +70,64 @@ def check(parser, args) -> None:
             for path in (args.data.prompt_dataset, args.eval.dataset):
                 if path:  # GenEval JSONL, every prompt in the model's vocabulary; errors name file:line:field
                     load_prompts(path)
+        elif _model_type(model_dir) == "janus":
+            check_janus(args, cfg, ours)
         elif not model_dir.is_dir():
             raise ModelError(f"--actor.model_name_or_path {model_dir}: no such model directory")
     except (ValueError, PromptError, ModelError) as e:  # one line, not argparse's 180-line usage first
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     register_estimators(cfg)
+
+
+def _model_type(model_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_janus(args, cfg: PluginConfig, ours: bool) -> None:
+    """A Janus actor: GvU on the UMM engine, GenEval-format prompt files (any classes), and LoRA kept to the
+    language model. `--ds.lora.target_modules` names (q_proj, ..., or all-linear) are expanded to the language
+    model's linear layers of those names, so that the SigLIP encoder's q/k/v projections, which share the names,
+    and the image-generation modules stay frozen."""
+    from transformers import AutoConfig, JanusForConditionalGeneration
+
+    from umm_plugin.worlds.geneval import load_geneval
+
+    if not ours:
+        raise ValueError(
+            f"{args.actor.model_name_or_path} is a Janus model: vLLM does not serve its image generation; pass "
+            "--rollout.engine umm_plugin.openrlhf.engine:create_engines"
+        )
+    if cfg.umm.head.rl:
+        raise ValueError("--umm.head.rl trains a diffusion head; Janus decodes with its VQ decoder and has none")
+    if args.algo.advantage.estimator != "gvu_grpo":
+        raise ValueError(
+            f"--algo.advantage.estimator {args.algo.advantage.estimator}: on a Janus model only GvU (gvu_grpo) runs "
+            "so far; SRUM and R3 run on ShapesWorld models"
+        )
+    for path in (args.data.prompt_dataset, args.eval.dataset):
+        if path:  # GenEval JSONL with any classes; errors name file:line:field
+            load_geneval(path)
+    if args.ds.lora.rank > 0:
+        targets = args.ds.lora.target_modules or []
+        wanted = {targets} if isinstance(targets, str) else set(targets)  # OpenRLHF's default: "all-linear"
+        with torch.device("meta"):  # module names only: nothing is allocated
+            model = JanusForConditionalGeneration(AutoConfig.from_pretrained(args.actor.model_name_or_path))
+        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        args.ds.lora.target_modules = [
+            n
+            for n in linear
+            if n.startswith("model.language_model.") and ("all-linear" in wanted or n.rsplit(".", 1)[-1] in wanted)
+        ]
+        if not args.ds.lora.target_modules:
+            raise ValueError(
+                f"--ds.lora.target_modules {' '.join(sorted(wanted))}: no such linear layer in the Janus language "
+                "model (its layers: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)"
+            )
 
 
 def register(parser=None):
@@ -84,6 +137,13 @@ def register(parser=None):
         return lambda args: check(parser, args)
     cfg = plugin_config()
     register_estimators(cfg)
+    # OpenRLHF loads a Janus directory (a VLM config) with AutoModelForImageTextToText: map it to the RL view.
+    # `register` ignores native configs such as JanusConfig, so the mapping's override table is written directly.
+    from transformers import AutoModelForImageTextToText, JanusConfig
+
+    from umm_plugin.models.janus import janus_for_rl_class
+
+    AutoModelForImageTextToText._model_mapping._extra_content[JanusConfig] = janus_for_rl_class()
     if cfg.umm.threads:  # Ray pins workers to one thread unless told otherwise
         torch.set_num_threads(cfg.umm.threads)
     if cfg.umm.head.rl:

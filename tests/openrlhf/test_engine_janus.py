@@ -1,0 +1,113 @@
+"""The rollout engine and the GvU executor serving a tiny Janus in-process (no Ray): image tokens as the actor's RL
+view numbers them, GvU's reward read off the decoded pixels in one batched pass, the reference judge with LoRA off,
+and evaluation writing a Janus checkpoint."""
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from openrlhf.utils.sampling_params import SamplingParams
+from transformers import AutoModelForImageTextToText
+
+import umm_plugin.openrlhf.gvu_agent as gvu_agent
+from umm_plugin.models.generation import SamplingConfig
+from umm_plugin.models.janus import JanusUMM
+from umm_plugin.openrlhf.engine import UMMRolloutEngine, _lora_config
+
+PROMPT = "a photo of a cell phone and a dog"
+
+
+async def _gather(*coros):
+    return await asyncio.gather(*coros)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def flags(monkeypatch):
+    def set_flags(**values):  # dotted flag names, as the driver exports them
+        monkeypatch.setenv("OPENRLHF_PLUGIN_ARGS", json.dumps(values))
+
+    set_flags()
+    return set_flags
+
+
+def _gvu(janus, codes, prompt, include_eos):
+    logp, mask = janus.text_logprobs(janus.decode(codes), janus.describe, [prompt] * len(codes))
+    if not include_eos:  # the end token is each row's last scored token
+        mask[torch.arange(len(mask)), mask.sum(-1) - 1] = False
+    return torch.exp((logp * mask).sum(-1) / mask.sum(-1))
+
+
+@pytest.mark.parametrize("include_eos", [True, False])
+def test_gvu_executor_on_janus_scores_the_decoded_image(tiny_janus_dir, flags, include_eos):
+    flags(**{"gvu.include_eos": include_eos})
+    engine = UMMRolloutEngine(str(tiny_janus_dir), seed=0, agent_func_path=gvu_agent.__file__)
+    janus = engine.umm
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    results = asyncio.run(engine.generate_responses(PROMPT, "two_object", params, 2048, None, num_samples=4))
+    ids = janus.generation_prompt(PROMPT)
+    n = janus.image_tokens
+    for r in results:
+        assert r["observation_tokens"][: len(ids)] == ids and r["action_ranges"] == [(len(ids), len(ids) + n)]
+        assert all(t in janus.image_ids for t in r["observation_tokens"][len(ids) :])
+    codes = torch.tensor([r["observation_tokens"][len(ids) :] for r in results]) - janus.image_offset
+    expected = _gvu(janus, codes, PROMPT, include_eos)
+    got = torch.tensor([r["reward"] for r in results])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert len(set(got.tolist())) == 4  # four samples, four rewards
+    assert set(results[0]["extra_logs"]) == {"gvu_reward"}  # COCO classes: no ShapesWorld evaluator to log
+
+
+def test_janus_image_requests_are_the_samplers_codes_and_others_are_refused(tiny_janus_dir, flags):
+    engine = UMMRolloutEngine(str(tiny_janus_dir), seed=0, agent_func_path=None)
+    janus = engine.umm
+    rows = [janus.generation_prompt(p) for p in (PROMPT, "a photo of a stop sign")]
+    params = SamplingParams(temperature=0.0, max_tokens=janus.image_tokens, allowed_token_ids=janus.image_ids)
+    outs = asyncio.run(_gather(*[engine.generate(r, params) for r in rows]))
+    direct = janus.sample_rows(rows, SamplingConfig(temperature=0.0))
+    assert [o.outputs[0].token_ids for o in outs] == (direct + janus.image_offset).tolist()
+    with pytest.raises(ValueError, match="image tokens .* and text_logprobs only"):
+        asyncio.run(engine.generate(rows[0], SamplingParams(max_tokens=5)))
+
+
+def test_janus_reference_judge_is_the_base_with_lora_off(tiny_janus_dir, flags):
+    flags(**{"umm.judge.weights": "reference"})
+    lora = SimpleNamespace(rank=4, alpha=8, target_modules=["model.language_model.layers.0.self_attn.q_proj"])
+    lora = _lora_config(SimpleNamespace(ds=SimpleNamespace(lora=SimpleNamespace(**vars(lora), dropout=0.0))))
+    engine = UMMRolloutEngine(str(tiny_janus_dir), 0, None, lora=lora)
+    assert {n for n in engine.params if "lora_" in n} == {
+        f"base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_{ab}.default.weight" for ab in "AB"
+    }  # the names OpenRLHF's actor sends for a VLM with LoRA: its trainable weights
+    with torch.no_grad():  # a trained adapter
+        engine.params[next(n for n in engine.params if "lora_B" in n)].normal_(0, 1.0)
+    codes = torch.arange(engine.umm.image_tokens)[None] % 64
+    ref, pol = asyncio.run(
+        _gather(
+            engine.text_logprobs(codes[0], "Describe the image.", PROMPT, use_adapter=False),
+            engine.text_logprobs(codes[0], "Describe the image.", PROMPT),
+        )
+    )
+    base = JanusUMM.from_pretrained(tiny_janus_dir)
+    logp, mask = base.text_logprobs(base.decode(codes), "Describe the image.", [PROMPT])
+    torch.testing.assert_close(torch.tensor(ref[0]), logp[0][mask[0]], atol=1e-5, rtol=0)
+    assert (torch.tensor(pol[0]) - logp[0][mask[0]]).abs().max() > 1e-3
+
+
+def test_janus_evaluation_writes_a_janus_checkpoint(tiny_janus_dir, flags, coco_file, tmp_path):
+    flags(**{"umm.eval.n": 4, "umm.eval.steps": 1})
+    engine = UMMRolloutEngine(str(tiny_janus_dir), 0, None, log_dir=str(tmp_path), eval_prompts=str(coco_file))
+    lines = (tmp_path / "curve.csv").read_text().splitlines()  # the engine evaluates its start at once
+    assert lines[0].split(",")[:3] == ["step", "reward", "yes_no_pass_single_object"] and len(lines) == 2
+    assert (tmp_path / "grid_prompts.txt").read_text().splitlines()[0] == "a photo of a stop sign"
+    policy = AutoModelForImageTextToText.from_pretrained(tmp_path / "policy")
+    for name, value in engine.umm.model.state_dict().items():
+        assert torch.equal(value, policy.state_dict()[name]), name

@@ -1,0 +1,71 @@
+"""`recipes/gvu.sh --model <tiny Janus> --prompts <GenEval file of COCO classes> --smoke` through the real
+`python -m openrlhf.cli.train_ppo_ray`, fully fine-tuned and with `--lora`: it completes and logs GvU's reward, the
+engine's `policy/` is a Janus checkpoint that reloads through the Auto classes, the engine holds the actor's weights
+after the last sync, training moved the weights, and LoRA stays on the language model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+pytestmark = pytest.mark.slow  # end-to-end recipe runs in a subprocess
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", params=["full", "lora"])
+def smoke(tiny_janus_dir, coco_file, tmp_path_factory, request):
+    out = tmp_path_factory.mktemp(f"janus_smoke_{request.param}")
+    flags = ["--lora"] if request.param == "lora" else []
+    cmd = ["bash", "recipes/gvu.sh", "--model", str(tiny_janus_dir), "--prompts", str(coco_file), "--smoke", *flags]
+    env = {**os.environ, "UMM_PYTHON": sys.executable, "UMM_OUT": str(out)}
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return out, request.param
+
+
+def test_janus_smoke_logs_the_gvu_reward(smoke):
+    out, _ = smoke
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["global_step"] for s in steps] == [1, 2]
+    for s in steps:
+        assert 0 < s["gvu_reward"] <= 1 and s["reward"] == pytest.approx(s["gvu_reward"])
+        assert s["response_length"] == 16  # one tiny-Janus image: 4 x 4 codes
+    curve = (out / "curve.csv").read_text().splitlines()
+    assert curve[0].startswith("step,reward,yes_no_pass_single_object") and len(curve) == 3
+    assert (out / "grid_00002.png").is_file()
+
+
+def test_janus_smoke_policy_is_the_actors_janus_checkpoint(smoke, tiny_janus_dir):
+    out, mode = smoke
+    policy = AutoModelForImageTextToText.from_pretrained(out / "policy")
+    assert type(policy).__name__ == "JanusForConditionalGeneration"
+    assert type(AutoProcessor.from_pretrained(out / "policy")).__name__ == "JanusProcessor"
+    base = load_file(tiny_janus_dir / "model.safetensors")
+    engine = {k: v for k, v in policy.state_dict().items() if k in base}
+    if mode == "lora":
+        actor = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_janus_dir), out / "actor")
+        actor = actor.merge_and_unload().state_dict()
+        targets = json.loads((out / "actor" / "adapter_config.json").read_text())["target_modules"]
+        assert targets and all(t.startswith("model.language_model.layers.") for t in targets)
+    else:
+        assert json.loads((out / "actor" / "config.json").read_text())["architectures"] == [
+            "JanusForConditionalGeneration"
+        ]
+        assert type(AutoProcessor.from_pretrained(out / "actor")).__name__ == "JanusProcessor"
+        actor = AutoModelForImageTextToText.from_pretrained(out / "actor").state_dict()
+    for name, value in engine.items():  # the sync is exact: the engine saved what the actor trained
+        torch.testing.assert_close(value, actor[name], atol=1e-6, rtol=0, msg=name)
+    moved = {k for k in engine if not torch.equal(engine[k], base[k])}
+    assert any(k.startswith("model.language_model.layers.") for k in moved)
+    if mode == "lora":  # the adapter touches the language model's linear layers, nothing else
+        assert all(k.startswith("model.language_model.layers.") for k in moved)
+    else:  # full fine-tuning trains the generation head too
+        assert "model.generation_head.vision_head.weight" in moved
