@@ -314,8 +314,8 @@ def save_rounds(record, path, scale: int = 3) -> None:
 def evaluate_geneval(model, metas: list[dict], sampling=SamplingConfig(), seed=0, chunk=8) -> tuple[dict, np.ndarray]:
     """Any `UnifiedModel` on GenEval-format prompts (`worlds.geneval.load_geneval`): one image per prompt, judged by
     the model itself, GvU's reward exp(mean log p(prompt | image)) and the share of yes/no checks answered yes (the
-    line's `yn_question_list`, else "Is this <prompt>?"), per tag and overall. No exact evaluator: that needs the
-    world the prompts come from. Returns (report, images in prompt order)."""
+    line's `yn_question_list`, else the model's own question `model.ask`), per tag and overall. No exact evaluator:
+    that needs the world the prompts come from. Returns (report, images in prompt order)."""
     gen = torch.Generator().manual_seed(seed)
     rewards, checks, images = [], [], []
     for i in range(0, len(metas), chunk):
@@ -325,7 +325,7 @@ def evaluate_geneval(model, metas: list[dict], sampling=SamplingConfig(), seed=0
         logp, mask = model.text_logprobs(pixels, model.describe, prompts)
         rewards += torch.exp((logp * mask).sum(-1) / mask.sum(-1)).tolist()
         for img, m in zip(pixels, part):
-            questions = m.get("yn_question_list") or [f"Is this {m['prompt']}?"]
+            questions = m.get("yn_question_list") or [model.ask.format(prompt=m["prompt"])]
             checks.append(float((model.yes_no(np.stack([img] * len(questions)), questions) > 0).float().mean()))
         images.append(pixels)
     tags = [m["tag"] for m in metas]

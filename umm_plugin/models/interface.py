@@ -21,7 +21,8 @@ from umm_plugin.models.generation import SamplingConfig
 class UnifiedModel(Protocol):
     image_tokens: int  # tokens of one image (Janus-Pro at 384 px: 576)
     image_size: int  # pixels per side of a decoded image
-    describe: str  # the instruction before GvU's judged text ("Describe the image in detail.")
+    describe: str  # the instruction before GvU's judged text ("Describe the image.")
+    ask: str  # the yes/no question about a prompt, with a {prompt} field ("Is this {prompt}?")
 
     def generation_prompt(self, prompt: str) -> list[int]:
         """Token ids after which the first image token is sampled (the chat template and begin-of-image)."""

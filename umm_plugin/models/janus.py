@@ -22,6 +22,7 @@ from transformers import DynamicCache
 from umm_plugin.models.generation import SamplingConfig, left_pad, sample_logits
 
 DESCRIBE = "Describe the image."  # an understanding instruction for captions (GvU's judge reads the prompt after it)
+ASK = "Is this {prompt}?"  # the yes/no question when a prompt line has no yn_question_list
 YES, NO = (" Yes", " yes"), (" No", " no")  # the answer after "<|Assistant|>:" starts with a space
 TINY_MAX_PARAMS = 2_000_000
 
@@ -55,7 +56,7 @@ class JanusUMM:
 
     def __init__(self, model, processor):
         self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
-        self.describe = DESCRIBE
+        self.describe, self.ask = DESCRIBE, ASK
         vq = model.config.vq_config
         self.image_tokens = vq.num_patches**2
         # In a rollout sequence image code c is token id image_offset + c (the RL view's vocabulary, below).
@@ -432,21 +433,51 @@ def tiny_janus_config(vocab_size: int, special: dict[str, int]):
     return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, image_token_id=special["image"])
 
 
-def build_tiny_janus(out_dir, seed: int = 0) -> JanusUMM:
-    """Write a seeded random-init Janus (about 0.6 M parameters) in the public checkpoints' layout: config.json,
-    model.safetensors, generation_config.json (CFG pad / BOS / begin-of-image ids), tokenizer, processor_config.json
-    (image processor, 16 placeholders per image, the default system prompt on) and chat_template.jinja."""
+def janus_pro_1b_config(vocab_size: int, special: dict[str, int], grid: int = 24):
+    """A `JanusConfig` of Janus-Pro-1B's shapes (about 1.9 B parameters, 7.5 GB in fp32) for benchmarks: llama
+    hidden 2048 x 24 layers (16 heads, MLP 5632); SigLIP-L (1024 x 24 layers, patch 16); VQ with 16384 codes, image
+    embedding 2048; `grid` x `grid` image tokens at 16 `grid` pixels (the checkpoint: 24, 384 px). The text vocabulary
+    is `vocab_size` (the checkpoint's: 102400)."""
+    from transformers import JanusConfig
+
+    text = dict(
+        model_type="llama",
+        vocab_size=vocab_size,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        max_position_embeddings=16384,
+        pad_token_id=special["pad"],
+        bos_token_id=special["bos"],
+        eos_token_id=special["eos"],
+    )
+    vision = dict(image_size=16 * grid, patch_size=16, num_image_tokens=grid * grid)
+    vq = dict(num_patches=grid)
+    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, image_token_id=special["image"])
+
+
+def random_janus(shape: str = "tiny", seed: int = 0, grid: int = 24) -> JanusUMM:
+    """A seeded random-init Janus with the tiny tokenizer and a processor of its image size: `shape` "tiny" (about
+    0.6 M parameters, 16 image tokens) or "1b" (Janus-Pro-1B's shapes, `janus_pro_1b_config`, vocabulary 102400,
+    `grid` x `grid` image tokens; 7.5 GB in fp32: benchmarks only)."""
     from transformers import GenerationConfig, JanusForConditionalGeneration, JanusProcessor
     from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
     tokenizer = _tiny_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     special = {"bos": ids(BOS), "eos": ids(EOS), "pad": ids(PAD), "image": ids(IMAGE)}
-    config = tiny_janus_config(len(tokenizer), special)
-    with torch.device("meta"):  # count before allocating anything
-        n = sum(p.numel() for p in JanusForConditionalGeneration(config).parameters())
-    if n > TINY_MAX_PARAMS:
-        raise ValueError(f"tiny Janus would have {n} parameters, over {TINY_MAX_PARAMS}")
+    if shape == "tiny":
+        config = tiny_janus_config(len(tokenizer), special)
+        with torch.device("meta"):  # count before allocating anything
+            n = sum(p.numel() for p in JanusForConditionalGeneration(config).parameters())
+        if n > TINY_MAX_PARAMS:
+            raise ValueError(f"tiny Janus would have {n} parameters, over {TINY_MAX_PARAMS}")
+    elif shape == "1b":
+        config = janus_pro_1b_config(102400, special, grid)
+    else:
+        raise ValueError(f"shape {shape!r}: tiny or 1b")
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
@@ -471,6 +502,13 @@ def build_tiny_janus(out_dir, seed: int = 0) -> JanusUMM:
         use_default_system_prompt=True,
         num_image_tokens=vision.num_image_tokens,
     )
-    umm = JanusUMM(model, processor)
+    return JanusUMM(model, processor)
+
+
+def build_tiny_janus(out_dir, seed: int = 0) -> JanusUMM:
+    """Write a seeded random-init Janus (about 0.6 M parameters) in the public checkpoints' layout: config.json,
+    model.safetensors, generation_config.json (CFG pad / BOS / begin-of-image ids), tokenizer, processor_config.json
+    (image processor, 16 placeholders per image, the default system prompt on) and chat_template.jinja."""
+    umm = random_janus("tiny", seed)
     umm.save_pretrained(out_dir)
     return umm

@@ -17,11 +17,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from umm_plugin.models.diffusion_head import DiffusionHead, make_scheduler
+from umm_plugin.models.generation import continuation_logprobs, generate_image_tokens, generate_text, left_pad
 from umm_plugin.models.visual_tokenizer import PatchVQ
 
 SPECIALS = "<pad> <eos> <unk> <user> <assistant> <SOM> <EOM> <IMAGE> <think> </think> <EOL>".split()
@@ -194,6 +196,90 @@ class UMM:
         user, assistant = self.tokenizer.convert_tokens_to_ids(["<user>", "<assistant>"])
         shown = self.layout.wrap(codes)
         return [user, *self.ids("edit :"), *instruction, *shown, assistant, *self.layout.image_prefix()]
+
+    # ---- the model interface (models/interface.py): images in and out as pixels ----
+    describe, ask = DESCRIBE, ASK
+
+    @property
+    def image_tokens(self) -> int:
+        return self.vq.grid**2
+
+    @property
+    def image_size(self) -> int:
+        return self.vq.grid * self.vq.patch
+
+    def unconditional_prompt(self, prompt: str) -> list[int]:
+        """The CFG row: the generation prompt without its text."""
+        return self.generation_prompt("")
+
+    @torch.no_grad()
+    def sample_image_tokens(self, prompts: list[str], sampling, generator=None) -> torch.Tensor:
+        """[B, grid * grid] codes from the KV-cached generator (<EOL> fed after every row)."""
+        rows = [self.generation_prompt(p) for p in prompts]
+        uncond = [self.unconditional_prompt(p) for p in prompts]
+        pad = self.tokenizer.pad_token_id
+        return generate_image_tokens(
+            self.backbone, self.layout, rows, uncond, sampling=sampling, generator=generator, pad_id=pad
+        )
+
+    def image_logprobs(self, prompts: list[str], codes: torch.Tensor, sampling) -> torch.Tensor:
+        """[B, grid * grid] log p(code_j | prompt, image tokens before it): one teacher-forced pass over the sampler's
+        rows (CFG rows included), logits cut to the codes, guided, divided by the temperature (1 when greedy)."""
+        lay, cfg = self.layout, sampling.cfg_scale != 1.0
+        rows = [self.generation_prompt(p) for p in prompts]
+        rows += [self.unconditional_prompt(p) for p in prompts] if cfg else []
+        fed = [r + lay.tokens(c)[:-1] for r, c in zip(rows, codes.repeat(2 if cfg else 1, 1))]
+        ids, mask = left_pad(fed, self.tokenizer.pad_token_id)
+        dev = self.backbone.device
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Left padding aligns the image tokens at the end; the position before a token predicts it.
+        at = [r * (lay.grid + 1) + c for r in range(lay.grid) for c in range(lay.grid)]
+        where = torch.tensor(at) + ids.shape[1] - (lay.length - 1) - 1
+        hidden = self.backbone.get_decoder()(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev)
+        ).last_hidden_state[:, where.to(dev)]
+        logits = self.backbone.get_output_embeddings()(hidden)[
+            ..., lay.image_offset : lay.image_offset + lay.num_codes
+        ]
+        logits = logits.float()
+        if cfg:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + sampling.cfg_scale * (cond - uncond)
+        logp = torch.log_softmax(logits / (sampling.temperature or 1.0), -1)
+        return logp.gather(-1, codes.to(dev)[..., None]).squeeze(-1)
+
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """The codebook render (the diffusion head reproduces it exactly)."""
+        return self.vq.decode(codes)
+
+    def text_logprobs(self, images: np.ndarray, instruction: str, texts: list[str]):
+        """log p(text_j | image, instruction, text_<j) with the end token last, the image read back as its codes
+        (exact for the codebook renders this model draws). Returns (logp [B, L], mask [B, L]), right-padded."""
+        eos = [self.tokenizer.eos_token_id]
+        prefixes = [self.chat(c, instruction) for c in self.vq.encode(images)]
+        targets = [self.ids(t) + eos for t in texts]
+        return continuation_logprobs(self.backbone, prefixes, targets, pad_id=self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def yes_no(self, images: np.ndarray, questions: list[str]) -> torch.Tensor:
+        """[B] p(yes) - p(no) as the answer's first word."""
+        rows = [self.chat(c, q) for c, q in zip(self.vq.encode(images), questions, strict=True)]
+        ids, mask = left_pad(rows, self.tokenizer.pad_token_id)
+        dev = self.backbone.device
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.backbone(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1
+        ).logits[:, -1]
+        p = logits.float().softmax(-1)
+        return (p[:, self.ids("yes")].sum(-1) - p[:, self.ids("no")].sum(-1)).cpu()
+
+    @torch.no_grad()
+    def answer(self, images: np.ndarray, questions: list[str], max_new_tokens: int = 64) -> list[str]:
+        """Greedy text answers (text vocabulary only), up to the end token."""
+        rows = [self.chat(c, q) for c, q in zip(self.vq.encode(images), questions, strict=True)]
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        out = generate_text(self.backbone, rows, max_new_tokens, eos, self.layout.image_offset, pad_id=pad)
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in out]
 
     # ---- persistence ----
     def save_pretrained(self, path) -> None:
