@@ -1,8 +1,9 @@
 """The README's headline per recipe: median and range over RL seeds on the default base a clean machine pretrains.
 
 For each seed it runs the recipe as shipped (`bash recipes/<recipe>.sh -- --train.seed S`, the base pretrained by
-the recipe if missing), then evaluates the base and every final policy on the same held-out prompts
-(`umm-plugin eval --n N --seed 1`, plain T 1 as the rollouts sample; R3 also `--rounds 4`), and prints one markdown
+the recipe if missing; a run without its final `actor/`, cut short, is deleted and run again), then evaluates the
+base and every final policy on the same held-out prompts (`umm-plugin eval --n N --seed 1`, plain T 1 as the
+rollouts sample; R3 also `--rounds 4`), and prints one markdown
 block: each run's figures, then median [min, max]. The runs and their eval JSON stay under `--out` (a run already
 there is evaluated, not rerun). Time on 2 CPU cores, per seed: GvU about 20 min, SRUM about 15, R3 about 25.
 
@@ -12,6 +13,7 @@ there is evaluated, not rerun). Time on 2 CPU cores, per seed: GvU about 20 min,
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +50,8 @@ def main():
     runs = {}
     for seed in args.seeds:
         run = out / f"{args.recipe}-seed{seed}"
-        if not (run / "policy" / "umm_config.json").is_file():
+        if not (run / "actor").is_dir():  # OpenRLHF saves actor/ when training ends; policy/ is saved along the way
+            shutil.rmtree(run, ignore_errors=True)
             t0 = time.time()
             env = os.environ | {"UMM_OUT": str(run), "UMM_BASE": str(base), "UMM_PYTHON": sys.executable}
             with open(out / f"{args.recipe}-seed{seed}.log", "w") as log:
