@@ -19,6 +19,9 @@ on clean, broken and its own images); that is the question, yes = "yes", no = "n
 `yes` and `no`. A region is asked about on its own: the box is cut onto an empty canvas and compared with every
 object of the prompt ("a photo of a red circle"); s is the best match, i.e. which prompt object it is and how well
 it matches. Positions and counts are the global question's job.
+For models of the interface on GenEval-format lines, `geneval_self_judge` asks the same questions through
+`model.yes_no` on pixels, the objects taken from the metadata (`geneval_objects`), and any `image -> boxes` proposer
+(SAM: `rewards/sam.py`).
 """
 
 import re
@@ -223,6 +226,17 @@ def collect_scores(boxes, owners, values, prompts, assign=False, relation=False)
     With `relation`, a prompt that states one has g replaced by (g + r) / 2, r = `relation_holds` on the claims: the
     tiny model's own answers cannot tell a relation from its mirror (docs/results.md, "Can a base tell a relation
     from its mirror?"), the boxes can."""
+    counts = [list(object_counts(p).values()) for p in prompts]
+    local, glob, found, claimed, claims = assign_regions(boxes, owners, values, counts, assign, with_claims=True)
+    for i, prompt in enumerate(prompts):
+        if relation and (structure := parse_prompt(prompt)).relation:
+            glob[i] = (glob[i] + relation_holds(structure, boxes[i], claims[i])) / 2
+    return local, glob, found, claimed
+
+
+def assign_regions(boxes, owners, values, counts, assign=True, with_claims=False):
+    """Answers -> (local scores per image, global [N], found [N], claimed [N][, claims]): `collect_scores` without
+    the ShapesWorld parse; counts[i] holds how many of each prompt object image i asks for."""
     local = [torch.full((len(b),), -1.0) for b in boxes]
     claims = [[-1] * len(b) for b in boxes]
     glob, found, claimed = torch.zeros(len(boxes)), torch.ones(len(boxes)), torch.ones(len(boxes))
@@ -232,19 +246,16 @@ def collect_scores(boxes, owners, values, prompts, assign=False, relation=False)
             glob[i] = v
         else:
             pairs.append((v, i, b, j))
-    counts = [list(object_counts(p).values()) for p in prompts]
     # Without assign every object may claim every region, so each region takes its best match (the authors' score).
     left = [list(c) if assign else [len(b)] * len(c) for c, b in zip(counts, boxes, strict=True)]
     for v, i, b, j in sorted(pairs, key=lambda p: -p[0]):
         if claims[i][b] < 0 and left[i][j] > 0:
             local[i][b], claims[i][b], left[i][j] = v, j, left[i][j] - 1
-    for i, prompt in enumerate(prompts):
-        if assign:
+    if assign:
+        for i in range(len(boxes)):
             found[i] = 1 - sum(left[i]) / max(sum(counts[i]), 1)
             claimed[i] = sum(c >= 0 for c in claims[i]) / len(claims[i]) if claims[i] else 1.0
-        if relation and (structure := parse_prompt(prompt)).relation:
-            glob[i] = (glob[i] + relation_holds(structure, boxes[i], claims[i])) / 2
-    return local, glob, found, claimed
+    return (local, glob, found, claimed, claims) if with_claims else (local, glob, found, claimed)
 
 
 def self_judge(
@@ -268,6 +279,48 @@ def self_judge(
 
 
 SCORERS = {"prob": yes_no_scores, "caption": caption_scores, "text": text_scores}
+
+
+def geneval_objects(meta: dict) -> dict[str, int]:
+    """A GenEval line's objects, each as a single-object subject ("a photo of a red car") with how many the line asks
+    for: what a region is compared with, and how many regions may claim it (world-free `object_counts`)."""
+    counts: dict[str, int] = {}
+    for entry in meta["include"]:
+        subject = f"a photo of a {entry['color'] + ' ' if entry.get('color') else ''}{entry['class']}"
+        counts[subject] = counts.get(subject, 0) + entry["count"]
+    return counts
+
+
+@torch.no_grad()
+def geneval_self_judge(model, images: np.ndarray, metas: list[dict], proposer, k: int = 5):
+    """SRUM's scores for any model of the interface (`model.yes_no` on pixels, `model.ask`) on GenEval-format
+    lines: (boxes per image, local scores per image, global scores [N], found [N], claimed [N]) as `self_judge` with
+    `assign`. A region, cut onto an empty canvas, is asked about each of the line's objects (`geneval_objects`); the
+    whole image gets the mean answer over the line's `yn_question_list`, else over its prompt's question. Relations
+    are left to those questions (no box rule: classes here have no ShapesWorld parse)."""
+    boxes, crops, questions, owners = [], [], [], []
+    for i, (image, meta) in enumerate(zip(images, metas, strict=True)):
+        found = list(proposer(image))[:k]
+        boxes.append(found)
+        for q in meta.get("yn_question_list") or [model.ask.format(prompt=meta["prompt"])]:
+            crops.append(image)
+            questions.append(q)
+            owners.append((i, -1, -1))
+        for b, box in enumerate(found):
+            for j, subject in enumerate(geneval_objects(meta)):
+                crops.append(cut(image, box))
+                questions.append(model.ask.format(prompt=subject))
+                owners.append((i, b, j))
+    values = model.yes_no(np.stack(crops), questions).tolist()
+    glob_sum, glob_n = np.zeros(len(metas)), np.zeros(len(metas))
+    for (i, b, _), v in zip(owners, values):
+        if b < 0:
+            glob_sum[i], glob_n[i] = glob_sum[i] + v, glob_n[i] + 1
+    keep = [(o, v) for o, v in zip(owners, values) if o[1] >= 0]
+    owners = [(i, -1, -1) for i in range(len(metas))] + [o for o, _ in keep]
+    values = list(glob_sum / glob_n) + [v for _, v in keep]
+    counts = [list(geneval_objects(m).values()) for m in metas]
+    return boxes, *assign_regions(boxes, owners, values, counts)
 
 
 def overlay(image: np.ndarray, m: torch.Tensor) -> np.ndarray:
