@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # SRUM (global + local self-reward) on the ShapesWorld weak base.
 #
-#   bash recipes/srum.sh [--offline] [--smoke] [--lora] [--steps N] [-- extra flags]
+#   bash recipes/srum.sh [--model DIR] [--prompts FILE] [--offline] [--smoke] [--lora] [--steps N] [-- extra flags]
 #
+# --model DIR trains another model online instead of the ShapesWorld base (a Janus / Janus-Pro directory: its yes/no
+# answers on the decoded image, the questions from each GenEval line; `-- --srum.sam DIR` proposes regions with
+# SAM); --prompts FILE trains on a GenEval-format JSONL file (default: ShapesWorld training prompts).
 # --offline: the authors' method, `umm-plugin srum` (self-judged reward maps, then a reward-weighted fine-tune on
 #   OpenRLHF's DeepSpeed strategy); extra flags go to it (see `umm-plugin srum --help`).
 # default (online, beyond the paper): OpenRLHF's real train_ppo_ray with the SRUM executor, the map pooled onto the
@@ -16,7 +19,8 @@
 # objects found (missing) and of regions claimed (extra: an extra object costs the whole picture), a stated relation
 # is read off the claimed boxes (relation), and every image token also gets its picture's advantage of the map mean,
 # weighted 3 (picture).
-# Both modes judge with the `caption` scorer: the weak base's yes/no answers do not read colours or relations.
+# On ShapesWorld both modes judge with the `caption` scorer: the weak base's yes/no answers do not read colours or
+# relations.
 # Both sample at plain T 1 (recipes/ppo_cpu.sh says why); `--min-p 0.03` (offline) or `--umm.sampling.min_p 0.03`
 # (online) restores the authors' sampler.
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (weak base, pretrained if missing: runs/shapes-weak),
@@ -37,12 +41,17 @@ LR_SCHEDULER=cosine_with_min_lr
 MIN_LR_RATIO=0.1
 while [ $# -gt 0 ]; do
   case "$1" in
+    --model) BASE=$2; MODEL=$2; shift 2 ;;
+    --prompts) PROMPT_FILE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     --offline) OFFLINE=1; shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --steps) STEPS=$2; shift 2 ;;
     --) shift; break ;;
-    *) echo "srum.sh: unknown option $1 (use --offline, --smoke, --lora, --steps N, -- extra flags)" >&2; exit 2 ;;
+    *)
+      echo "srum.sh: unknown option $1 (use --model DIR, --prompts FILE, --offline, --smoke, --lora, --steps N," \
+        "-- extra flags)" >&2
+      exit 2 ;;
   esac
 done
 NAME=srum
@@ -51,6 +60,10 @@ if [ "$SMOKE" = 1 ]; then NAME=${NAME}_smoke; fi
 OUT=${UMM_OUT:-runs/$NAME}
 
 if [ "$OFFLINE" = 1 ]; then
+  if [ -n "${MODEL:-}${PROMPT_FILE:-}" ]; then
+    echo "srum.sh: --offline trains ShapesWorld models on their own prompts only so far; drop --model/--prompts" >&2
+    exit 2
+  fi
   if [ ! -f "$BASE/umm_config.json" ]; then
     "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak
   fi
@@ -72,6 +85,10 @@ fi
 # UMM_TAGS=two_object,position,...: train on these categories only (`umm-plugin shapes prompts --tags`; one listed
 # twice is drawn twice as often); default all ten.
 TAGS=${UMM_TAGS:-}
+# The weak base's yes/no answers do not read colours or relations, so ShapesWorld judges with captions; another
+# model answers the yes/no questions (prob).
+SCORER=caption
+if [ -n "${MODEL:-}" ]; then SCORER=prob; fi
 source recipes/ppo_cpu.sh
-ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer caption --srum.assign true --srum.local_min true \
+ppo_cpu umm_plugin.openrlhf.srum_agent srum_dense --srum.scorer "$SCORER" --srum.assign true --srum.local_min true \
   --srum.missing true --srum.extra true --srum.relation true --srum.picture 3 "$@"

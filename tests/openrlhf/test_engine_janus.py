@@ -111,3 +111,30 @@ def test_janus_evaluation_writes_a_janus_checkpoint(tiny_janus_dir, flags, coco_
     policy = AutoModelForImageTextToText.from_pretrained(tmp_path / "policy")
     for name, value in engine.umm.model.state_dict().items():
         assert torch.equal(value, policy.state_dict()[name]), name
+
+
+def test_srum_executor_on_janus_rewards_each_image_token_with_the_pooled_map(tiny_janus_dir, flags, coco_file):
+    import umm_plugin.openrlhf.srum_agent as srum_agent
+    from umm_plugin.algos.srum import pool_to_grid
+    from umm_plugin.rewards.srum import components_proposer, geneval_self_judge, reward_map
+    from umm_plugin.worlds.geneval import load_geneval
+
+    switches = {"srum.assign": True, "srum.local_min": True, "srum.missing": True, "srum.extra": True}
+    flags(**switches, **{"srum.relation": True, "srum.k": 3})
+    engine = UMMRolloutEngine(str(tiny_janus_dir), 0, srum_agent.__file__, prompt_files=[str(coco_file)])
+    janus, meta = engine.umm, load_geneval(coco_file)[4]  # the position line: a stop sign right of a train
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    results = asyncio.run(engine.generate_responses(meta["prompt"], meta["tag"], params, 2048, None, num_samples=2))
+    n_prompt = len(janus.generation_prompt(meta["prompt"]))
+    for r in results:
+        codes = torch.tensor(r["observation_tokens"][n_prompt:]) - janus.image_offset
+        pixels = janus.decode(codes[None])
+        proposer = lambda image: components_proposer(image, 3)  # noqa: E731
+        boxes, local, g, found, claimed = geneval_self_judge(janus, pixels, [meta], proposer, 3, relation=True)
+        m = reward_map(boxes[0], local[0], g.item(), janus.image_size, True, (found * claimed).item())
+        want = pool_to_grid(m[None], 4)[0]
+        assert r["token_rewards"][:n_prompt] == [0.0] * n_prompt and len(r["token_rewards"]) == n_prompt + 16
+        torch.testing.assert_close(torch.tensor(r["token_rewards"][n_prompt:]), want, atol=1e-5, rtol=0)
+        assert r["reward"] == pytest.approx(m.mean().item(), abs=1e-6)
+    with pytest.raises(ValueError, match="in neither the training nor the eval prompt file"):
+        asyncio.run(engine.generate_responses("a photo of a cow", "x", params, 2048, None, num_samples=1))

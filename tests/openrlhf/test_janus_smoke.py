@@ -1,7 +1,8 @@
 """`recipes/gvu.sh --model <tiny Janus> --prompts <GenEval file of COCO classes> --smoke` through the real
 `python -m openrlhf.cli.train_ppo_ray`, fully fine-tuned and with `--lora`: it completes and logs GvU's reward, the
 engine's `policy/` is a Janus checkpoint that reloads through the Auto classes, the engine holds the actor's weights
-after the last sync, training moved the weights, and LoRA stays on the language model."""
+after the last sync, training moved the weights, and LoRA stays on the language model. `recipes/srum.sh --model`
+runs SRUM online the same way."""
 
 import json
 import os
@@ -20,14 +21,17 @@ pytestmark = pytest.mark.slow  # end-to-end recipe runs in a subprocess
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", params=["full", "lora"])
-def smoke(tiny_janus_dir, coco_file, tmp_path_factory, request):
-    out = tmp_path_factory.mktemp(f"janus_smoke_{request.param}")
-    flags = ["--lora"] if request.param == "lora" else []
-    cmd = ["bash", "recipes/gvu.sh", "--model", str(tiny_janus_dir), "--prompts", str(coco_file), "--smoke", *flags]
+def _recipe(recipe, model, prompts, out, *flags):
+    cmd = ["bash", f"recipes/{recipe}.sh", "--model", str(model), "--prompts", str(prompts), "--smoke", *flags]
     env = {**os.environ, "UMM_PYTHON": sys.executable, "UMM_OUT": str(out)}
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+
+
+@pytest.fixture(scope="module", params=["full", "lora"])
+def smoke(tiny_janus_dir, coco_file, tmp_path_factory, request):
+    out = tmp_path_factory.mktemp(f"janus_smoke_{request.param}")
+    _recipe("gvu", tiny_janus_dir, coco_file, out, *(["--lora"] if request.param == "lora" else []))
     return out, request.param
 
 
@@ -69,3 +73,17 @@ def test_janus_smoke_policy_is_the_actors_janus_checkpoint(smoke, tiny_janus_dir
         assert all(k.startswith("model.language_model.layers.") for k in moved)
     else:  # full fine-tuning trains the generation head too
         assert "model.generation_head.vision_head.weight" in moved
+
+
+def test_srum_online_on_janus_trains_through_train_ppo_ray(tiny_janus_dir, coco_file, tmp_path):
+    _recipe("srum", tiny_janus_dir, coco_file, tmp_path)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s["global_step"] for s in steps] == [1, 2]
+    for s in steps:  # the map's mean is the logged reward; regions, found and claimed come from the GenEval lines
+        assert 0 <= s["srum_map_mean"] <= 1 and s["reward"] == pytest.approx(s["srum_map_mean"])
+        assert s["srum_regions"] >= 1 and 0 <= s["srum_found"] <= 1 and 0 < s["srum_claimed"] <= 1
+    policy = AutoModelForImageTextToText.from_pretrained(tmp_path / "policy").state_dict()
+    base = load_file(tiny_janus_dir / "model.safetensors")
+    assert not torch.equal(
+        policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
+    )

@@ -96,7 +96,11 @@ def test_janus_check_expands_lora_to_the_language_model_and_reads_real_prompt_fi
     [
         ([], "is a Janus model: vLLM does not serve its image generation"),
         (["--rollout.engine", ENGINE, "--umm.head.rl", "true"], "Janus decodes with its VQ decoder"),
-        (["--rollout.engine", ENGINE, "--algo.advantage.estimator", "srum_dense"], "only GvU (gvu_grpo) runs"),
+        (["--rollout.engine", ENGINE, "--algo.advantage.estimator", "r3_stage"], "R3 runs on ShapesWorld models"),
+        (
+            ["--rollout.engine", ENGINE, "--algo.advantage.estimator", "srum_dense", "--srum.scorer", "caption"],
+            "asks yes/no questions; use prob",
+        ),
         (["--rollout.engine", ENGINE, "--ds.lora.rank", "8", "--ds.lora.target_modules", "fc1"], "no such linear"),
     ],
 )

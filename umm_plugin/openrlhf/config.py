@@ -14,6 +14,7 @@ or in a Ray worker (`plugin_config()`); estimators, executors and the engine rec
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from umm_plugin.algos.flow_grpo import ETA_FORMS
 from umm_plugin.models.generation import SamplingConfig
@@ -183,7 +184,8 @@ class SRUMConfig:
     """SRUM's judge, reward map and loss (`--srum.*` online; the options of `umm-plugin srum` offline).
 
     Parameters:
-        k, scorer: regions per image and how the model scores a region or the whole picture.
+        k, sam, scorer: regions per image, what proposes them, and how the model scores a region or the whole
+            picture.
         local_min, assign, missing, extra, relation: how the scores become a reward map (each false is the
             authors' behaviour).
         lam: the weight of the unweighted reference term of the offline loss.
@@ -191,6 +193,13 @@ class SRUMConfig:
     """
 
     k: int = field(default=5, metadata={"help": "Regions per image, largest first (authors: 5 or 10)."})
+    sam: str = field(
+        default="",
+        metadata={
+            "help": "A SAM checkpoint directory (the layout of facebook/sam-vit-base) whose automatic masks propose "
+            "the regions, as the authors do ('': connected components of the picture's colours)."
+        },
+    )
     scorer: str = field(
         default="prob",
         metadata={
@@ -249,6 +258,8 @@ class SRUMConfig:
                 raise ValueError(f"srum {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.k < 1:
             raise ValueError(f"srum k {self.k} must be at least 1")
+        if self.sam and not (Path(self.sam) / "config.json").is_file():
+            raise ValueError(f"srum sam {self.sam}: no SAM checkpoint there (config.json missing)")
         if self.extra and not self.assign:
             raise ValueError("srum extra needs assign: without it every region counts as a prompt object")
         if self.missing and not self.assign:

@@ -66,7 +66,7 @@ class RequestOutput:
 
 @dataclass
 class _Request:
-    kind: str  # score, image, text, or understand (ids: image codes, params: (instruction, text))
+    kind: str  # score, image, text; understand (ids: codes, params: (instruction, text)), decode, yes_no (pixels)
     ids: list
     params: object
     use_adapter: bool
@@ -89,7 +89,16 @@ def _lora_config(args):
 
 class UMMRolloutEngine:
     def __init__(
-        self, model_dir, seed, agent_func_path, lora=None, log_dir=None, index=0, temperature=1.0, eval_prompts=None
+        self,
+        model_dir,
+        seed,
+        agent_func_path,
+        lora=None,
+        log_dir=None,
+        index=0,
+        temperature=1.0,
+        eval_prompts=None,
+        prompt_files=(),
     ):
         from umm_plugin.openrlhf.config import plugin_config
 
@@ -115,11 +124,14 @@ class UMMRolloutEngine:
         self.params = dict((self.peft or self.umm.backbone).named_parameters())
         if self.shapes:  # the actor syncs its diffusion-head policy (--umm.head.rl) under the extension's name
             self.params |= {f"umm_head.{n}": p for n, p in self.umm.head.named_parameters()}
-        self.eval_metas = []
-        if not self.shapes and eval_prompts and self.cfg.eval.steps:
+        self.eval_metas, self.prompt_meta = [], {}
+        if not self.shapes:  # GenEval lines by prompt: what executors judge against (the label holds only the tag)
             from umm_plugin.worlds.geneval import load_geneval
 
-            self.eval_metas = load_geneval(eval_prompts)[: self.cfg.eval.n]
+            for path in prompt_files or ():
+                self.prompt_meta |= {m["prompt"]: m for m in load_geneval(path)}
+            if eval_prompts and self.cfg.eval.steps:
+                self.eval_metas = load_geneval(eval_prompts)[: self.cfg.eval.n]
         self.generator = torch.Generator().manual_seed(seed + index)
         self.executor = None
         if agent_func_path:
@@ -148,6 +160,14 @@ class UMMRolloutEngine:
         if self.shapes:
             raise ValueError("the ShapesWorld model is judged through generate(..., prompt_logprobs=0)")
         return await self._submit("understand", [int(c) for c in codes], (instruction, text), use_adapter)
+
+    async def decode(self, codes) -> np.ndarray:
+        """Pixels [H, W, 3] of one image's codes (a model of the interface); concurrent calls run as one batch."""
+        return await self._submit("decode", [int(c) for c in codes], "", True)
+
+    async def yes_no(self, pixels: np.ndarray, question: str, use_adapter=True) -> float:
+        """p(yes) - p(no) of the model's answer to `question` about `pixels` [H, W, 3]; batched like `generate`."""
+        return await self._submit("yes_no", pixels, question, use_adapter)
 
     async def _submit(self, kind, ids, params, use_adapter):
         loop = asyncio.get_running_loop()
@@ -222,8 +242,8 @@ class UMMRolloutEngine:
         pad = self.umm.tokenizer.pad_token_id
         for i, r in enumerate(batch):
             p, kind = r.params, r.kind
-            if kind == "understand":  # one batch per instruction
-                groups.setdefault((kind, r.use_adapter, 0, 0, 0, p[0]), []).append(i)
+            if kind in ("understand", "decode", "yes_no"):  # a model of the interface; one batch per instruction
+                groups.setdefault((kind, r.use_adapter, 0, 0, 0, p[0] if kind == "understand" else ""), []).append(i)
                 continue
             # Requests batch together when they sample alike; text turns also need the same stops, length and token
             # set. The whole text vocabulary (the usual set) is a cut of the logits, not a gather of every column.
@@ -239,6 +259,13 @@ class UMMRolloutEngine:
                     logp, mask = self.umm.text_logprobs(pixels, text, [batch[i].params[1] for i in idx])
                     for k, i in enumerate(idx):
                         out[i] = (logp[k][mask[k]].tolist(), pixels[k])
+                elif kind == "decode":
+                    for i, pixels in zip(idx, self.umm.decode(torch.tensor([batch[i].ids for i in idx]))):
+                        out[i] = pixels
+                elif kind == "yes_no":
+                    images = np.stack([batch[i].ids for i in idx])
+                    for i, v in zip(idx, self.umm.yes_no(images, [batch[i].params for i in idx]).tolist()):
+                        out[i] = v
                 elif kind == "score":
                     for i, res in zip(idx, self._score([batch[i] for i in idx])):
                         out[i] = res
@@ -419,6 +446,7 @@ def create_engines(args, shared_pg=None):
             i,
             args.rollout.temperature,
             eval_prompts,
+            [p for p in (args.data.prompt_dataset, args.eval.dataset) if p],
         )
         for i in range(max(1, args.vllm.num_engines or 1))
     ]

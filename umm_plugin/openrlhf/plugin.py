@@ -89,8 +89,8 @@ def _model_type(model_dir: Path) -> str | None:
 
 
 def check_janus(args, cfg: PluginConfig, ours: bool) -> None:
-    """A Janus actor: GvU on the UMM engine, GenEval-format prompt files (any classes), and LoRA kept to the
-    language model. `--ds.lora.target_modules` names (q_proj, ..., or all-linear) are expanded to the language
+    """A Janus actor: GvU or SRUM online on the UMM engine, GenEval-format prompt files (any classes), and LoRA kept
+    to the language model. `--ds.lora.target_modules` names (q_proj, ..., or all-linear) are expanded to the language
     model's linear layers of those names, so that the SigLIP encoder's q/k/v projections, which share the names,
     and the image-generation modules stay frozen."""
     from transformers import AutoConfig, JanusForConditionalGeneration
@@ -104,11 +104,13 @@ def check_janus(args, cfg: PluginConfig, ours: bool) -> None:
         )
     if cfg.umm.head.rl:
         raise ValueError("--umm.head.rl trains a diffusion head; Janus decodes with its VQ decoder and has none")
-    if args.algo.advantage.estimator != "gvu_grpo":
+    if args.algo.advantage.estimator not in ("gvu_grpo", "srum_dense"):
         raise ValueError(
-            f"--algo.advantage.estimator {args.algo.advantage.estimator}: on a Janus model only GvU (gvu_grpo) runs "
-            "so far; SRUM and R3 run on ShapesWorld models"
+            f"--algo.advantage.estimator {args.algo.advantage.estimator}: on a Janus model GvU (gvu_grpo) and SRUM "
+            "online (srum_dense) run so far; R3 runs on ShapesWorld models"
         )
+    if args.algo.advantage.estimator == "srum_dense" and cfg.srum.scorer != "prob":
+        raise ValueError(f"--srum.scorer {cfg.srum.scorer}: SRUM on a Janus model asks yes/no questions; use prob")
     for path in (args.data.prompt_dataset, args.eval.dataset):
         if path:  # GenEval JSONL with any classes; errors name file:line:field
             load_geneval(path)

@@ -71,8 +71,13 @@ def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, sampling, 
     from umm_plugin.rewards.srum import reward_map, self_judge
 
     codes, images = generate_images(model, prompts, sampling, seed=int(torch.randint(1 << 30, (1,), generator=gen)))
+    proposer = None  # the connected-components proposer
+    if cfg.sam:
+        from umm_plugin.rewards.sam import SamProposer
+
+        proposer = SamProposer.from_pretrained(cfg.sam, k=cfg.k)
     boxes, local, g, found, claimed = self_judge(
-        model, images, prompts, cfg.k, cfg.scorer, assign=cfg.assign, relation=cfg.relation
+        model, images, prompts, cfg.k, cfg.scorer, proposer, assign=cfg.assign, relation=cfg.relation
     )
     bg = (found if cfg.missing else 1) * (claimed if cfg.extra else 1) * torch.ones_like(found)
     size = images.shape[1]

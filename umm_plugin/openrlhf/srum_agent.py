@@ -9,22 +9,30 @@ token within its group, plus `--srum.picture` x the picture's own group advantag
 from `generate(..., prompt_logprobs=0)` calls (the numbers `rewards/srum.py` computes in one pass), so the same
 executor runs on vLLM; `--umm.judge.weights reference` asks the LoRA-free weights. The scalar `reward` (logged) is
 the map's mean; the ShapesWorld evaluator is logged beside it, never used as reward.
+
+On another model of the interface (Janus; the UMM engine only), the line's GenEval metadata gives the questions
+(`rewards/srum.py`: `geneval_questions`), the model answers them as p(yes) - p(no) on pixels (`--srum.scorer prob`),
+regions come from SAM with `--srum.sam DIR`, and the map is pooled onto the model's image-token grid.
 """
 
 import asyncio
 import math
+from functools import partial
 
 import torch
 
 from umm_plugin.algos.srum import pool_to_grid
 from umm_plugin.models.diffusion_head import render_codes
-from umm_plugin.models.umm import DESCRIBE
+from umm_plugin.models.umm import DESCRIBE, UMM
 from umm_plugin.openrlhf.executor import UMMExecutor
 from umm_plugin.rewards.srum import (
     NO,
     QUESTION,
     YES,
     collect_scores,
+    components_proposer,
+    geneval_questions,
+    geneval_scores,
     judge_questions,
     reward_map,
 )
@@ -34,6 +42,7 @@ class AgentExecutor(UMMExecutor):
     def __init__(self):
         super().__init__()
         self.srum = self.config.srum
+        self.proposer = None  # a model of the interface: built at its first prompt
         if self.srum.scorer == "text":
             raise ValueError("the online SRUM agent scores with --srum.scorer prob or caption (teacher-forced passes)")
 
@@ -64,6 +73,8 @@ class AgentExecutor(UMMExecutor):
 
     async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
         umm = self.model(llm_engine)
+        if not isinstance(umm, UMM):
+            return await self.execute_geneval(umm, prompt, label, sampling_params, llm_engine, images)
         lay = umm.layout
         ids = umm.generation_prompt(prompt)
         tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
@@ -96,4 +107,46 @@ class AgentExecutor(UMMExecutor):
             reward,
             logs,
             token_rewards=token_rewards,
+        )
+
+    async def execute_geneval(self, umm, prompt, label, sampling_params, llm_engine, images):
+        """Another model of the interface (Janus) on a GenEval-format line: the decoded image, regions from the
+        proposer (`--srum.sam`, else colour components), every question through the engine's batched yes/no, and
+        the map pooled onto the model's square image-token grid (Janus-Pro: 24 x 24), one reward per image token."""
+        cfg = self.srum
+        meta = llm_engine.prompt_meta.get(prompt)
+        if meta is None:
+            raise ValueError(f"prompt {prompt!r} is in neither the training nor the eval prompt file")
+        if self.proposer is None:
+            if cfg.sam:
+                from umm_plugin.rewards.sam import SamProposer
+
+                self.proposer = SamProposer.from_pretrained(cfg.sam, k=cfg.k)
+            else:
+                self.proposer = partial(components_proposer, k=cfg.k)
+        ids = umm.generation_prompt(prompt)
+        tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
+        pixels = await llm_engine.decode(codes)
+        boxes, crops, questions, owners = geneval_questions(pixels[None], [meta], self.proposer, cfg.k, umm.ask)
+        values = await asyncio.gather(*[llm_engine.yes_no(c, q, **self.judge_kw) for c, q in zip(crops, questions)])
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
+        local, g, found, claimed = geneval_scores(boxes, owners, values, [meta], cfg.assign, cfg.relation)
+        bg = (found.item() if cfg.missing else 1.0) * (claimed.item() if cfg.extra else 1.0)
+        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[0], cfg.local_min, bg)
+        cells = pool_to_grid(m[None], math.isqrt(umm.image_tokens))[0]
+        logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
+        logs.update(srum_found=found.item(), srum_claimed=claimed.item())
+        actions = [(len(ids), len(ids) + len(tokens))]
+        return self.response(
+            llm_engine,
+            prompt,
+            label,
+            images,
+            ids + tokens,
+            actions,
+            pixels,
+            m.mean().item(),
+            logs,
+            token_rewards=[0.0] * len(ids) + cells.tolist(),
         )

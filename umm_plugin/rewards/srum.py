@@ -286,45 +286,68 @@ def geneval_objects(meta: dict) -> dict[str, int]:
     for: what a region is compared with, and how many regions may claim it (world-free `object_counts`)."""
     counts: dict[str, int] = {}
     for entry in meta["include"]:
-        subject = f"a photo of a {entry['color'] + ' ' if entry.get('color') else ''}{entry['class']}"
-        counts[subject] = counts.get(subject, 0) + entry["count"]
+        counts[_subject(entry)] = counts.get(_subject(entry), 0) + entry["count"]
     return counts
 
 
-@torch.no_grad()
-def geneval_self_judge(model, images: np.ndarray, metas: list[dict], proposer, k: int = 5):
-    """SRUM's scores for any model of the interface (`model.yes_no` on pixels, `model.ask`) on GenEval-format
-    lines: (boxes per image, local scores per image, global scores [N], found [N], claimed [N]) as `self_judge` with
-    `assign`. A region, cut onto an empty canvas, is asked about each of the line's objects (`geneval_objects`); the
-    whole image gets the mean answer over the line's `yn_question_list`, else over its prompt's question. Relations
-    are left to those questions (no box rule: classes here have no ShapesWorld parse)."""
+def _subject(entry: dict) -> str:
+    return f"a photo of a {entry['color'] + ' ' if entry.get('color') else ''}{entry['class']}"
+
+
+def geneval_questions(images: np.ndarray, metas: list[dict], proposer, k: int, ask: str):
+    """Every question SRUM asks about images [N, H, W, 3] on GenEval-format lines: (boxes per image, crops [Q, H, W,
+    3], questions [Q], owners [Q]) with owner (image, box index or -1 for a whole-image question, object index or
+    -1). A region, cut onto an empty canvas, is asked about each of the line's objects (`geneval_objects`); the whole
+    image is asked the line's `yn_question_list`, else `ask` about its prompt."""
     boxes, crops, questions, owners = [], [], [], []
     for i, (image, meta) in enumerate(zip(images, metas, strict=True)):
         found = list(proposer(image))[:k]
         boxes.append(found)
-        for q in meta.get("yn_question_list") or [model.ask.format(prompt=meta["prompt"])]:
+        for q in meta.get("yn_question_list") or [ask.format(prompt=meta["prompt"])]:
             crops.append(image)
             questions.append(q)
             owners.append((i, -1, -1))
         for b, box in enumerate(found):
             for j, subject in enumerate(geneval_objects(meta)):
                 crops.append(cut(image, box))
-                questions.append(model.ask.format(prompt=subject))
+                questions.append(ask.format(prompt=subject))
                 owners.append((i, b, j))
-    values = model.yes_no(np.stack(crops), questions).tolist()
+    return boxes, np.stack(crops), questions, owners
+
+
+def geneval_scores(boxes, owners, values, metas: list[dict], assign=True, relation=False):
+    """Answers to `geneval_questions` -> (local scores per image, global [N], found [N], claimed [N]) as
+    `collect_scores`: g is the mean answer to the whole-image questions; with `relation`, a line whose include
+    entry has a `position` [relation, index] has g replaced by (g + r) / 2, r = +1 if every region claimed by that
+    object stands in the relation to every region claimed by the referenced one (GenEval's box rule), else -1."""
     glob_sum, glob_n = np.zeros(len(metas)), np.zeros(len(metas))
-    for (i, b, _), v in zip(owners, values):
+    regions = []
+    for (i, b, j), v in zip(owners, values, strict=True):
         if b < 0:
             glob_sum[i], glob_n[i] = glob_sum[i] + v, glob_n[i] + 1
-    keep = [(o, v) for o, v in zip(owners, values) if o[1] >= 0]
-    owners = [(i, -1, -1) for i in range(len(metas))] + [o for o, _ in keep]
-    values = list(glob_sum / glob_n) + [v for _, v in keep]
+        else:
+            regions.append(((i, b, j), v))
+    owners = [(i, -1, -1) for i in range(len(metas))] + [o for o, _ in regions]
+    values = list(glob_sum / np.maximum(glob_n, 1)) + [v for _, v in regions]
     counts = [list(geneval_objects(m).values()) for m in metas]
-    return boxes, *assign_regions(boxes, owners, values, counts)
+    local, glob, found, claimed, claims = assign_regions(boxes, owners, values, counts, assign, with_claims=True)
+    subjects = [list(geneval_objects(m)) for m in metas]
+    for i, meta in enumerate(metas):
+        stated = [(e, e["position"]) for e in meta["include"] if relation and e.get("position")]
+        for entry, (rel, ref) in stated:
+            index, other = subjects[i].index(_subject(entry)), subjects[i].index(_subject(meta["include"][ref]))
+            a = [box for box, c in zip(boxes[i], claims[i]) if c == index]
+            b = [box for box, c in zip(boxes[i], claims[i]) if c == other]
+            holds = a and b and all(rel in relative_position(x, y) for x in a for y in b)
+            glob[i] = (glob[i] + (1.0 if holds else -1.0)) / 2
+    return local, glob, found, claimed
 
 
-def overlay(image: np.ndarray, m: torch.Tensor) -> np.ndarray:
-    """The image blended with the map (red = 0, green = 1) for inspection: [H, W, 3] uint8."""
-    m = m.clamp(0, 1).numpy()[..., None]
-    heat = np.concatenate([1 - m, m, np.zeros_like(m)], -1) * 255
-    return (0.5 * np.asarray(image, dtype=np.float32) + 0.5 * heat).astype(np.uint8)
+@torch.no_grad()
+def geneval_self_judge(model, images: np.ndarray, metas: list[dict], proposer, k: int = 5, relation=False):
+    """SRUM's scores for any model of the interface on GenEval-format lines, asked through `model.yes_no` on pixels:
+    (boxes per image, local scores per image, global [N], found [N], claimed [N]), each prompt object claiming at
+    most its count of regions (`assign`)."""
+    boxes, crops, questions, owners = geneval_questions(images, metas, proposer, k, model.ask)
+    values = model.yes_no(crops, questions).tolist()
+    return boxes, *geneval_scores(boxes, owners, values, metas, True, relation)
