@@ -72,28 +72,23 @@ class AgentExecutor(UMMExecutor):
         return (p[:, : len(yes)].sum(-1) - p[:, len(yes) :].sum(-1)).tolist()
 
     async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
-        umm = self.model(llm_engine)
-        if not isinstance(umm, UMM):
-            return await self.execute_geneval(umm, prompt, label, sampling_params, llm_engine, images)
-        lay = umm.layout
+        umm, cfg = self.model(llm_engine), self.srum
         ids = umm.generation_prompt(prompt)
         tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
-        with torch.no_grad():
-            pixels = render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator)
-
-        boxes, q_codes, questions, owners = judge_questions(umm, pixels, [prompt], self.srum.k)
-        values = await self.judge(llm_engine, sampling_params, q_codes, questions)
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
-        cfg = self.srum
-        local, g, found, claimed = collect_scores(boxes, owners, values, [prompt], cfg.assign, cfg.relation)
+        if isinstance(umm, UMM):
+            pixels, boxes, scores = await self.judge_shapes(umm, prompt, sampling_params, llm_engine, codes)
+            grid, spread = umm.layout.grid, umm.layout.spread  # a reward per code, none on the <EOL>s
+        else:
+            pixels, boxes, scores = await self.judge_geneval(umm, prompt, llm_engine, codes)
+            grid, spread = math.isqrt(umm.image_tokens), list
+        local, g, found, claimed = scores
         bg = (found.item() if cfg.missing else 1.0) * (claimed.item() if cfg.extra else 1.0)
-        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[1], cfg.local_min, bg)
-        cells = pool_to_grid(m[None], lay.grid)[0]
+        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[0], cfg.local_min, bg)
+        cells = pool_to_grid(m[None], grid)[0]
 
         logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
         logs.update(srum_found=found.item(), srum_claimed=claimed.item())
-        token_rewards = [0.0] * len(ids) + lay.spread(cells.tolist())
+        token_rewards = [0.0] * len(ids) + spread(cells.tolist())
         reward = m.mean().item()  # logged; the estimator reads token_rewards
         actions = [(len(ids), len(ids) + len(tokens))]
         return self.response(
@@ -103,16 +98,26 @@ class AgentExecutor(UMMExecutor):
             images,
             ids + tokens,
             actions,
-            pixels[0],
+            pixels,
             reward,
             logs,
             token_rewards=token_rewards,
         )
 
-    async def execute_geneval(self, umm, prompt, label, sampling_params, llm_engine, images):
+    async def judge_shapes(self, umm, prompt, sampling_params, llm_engine, codes):
+        """ShapesWorld: the head's render [H, W, 3], its regions, and the scores of `collect_scores`."""
+        with torch.no_grad():
+            pixels = render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator)
+        boxes, q_codes, questions, owners = judge_questions(umm, pixels, [prompt], self.srum.k)
+        values = await self.judge(llm_engine, sampling_params, q_codes, questions)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
+        return pixels[0], boxes, collect_scores(boxes, owners, values, [prompt], self.srum.assign, self.srum.relation)
+
+    async def judge_geneval(self, umm, prompt, llm_engine, codes):
         """Another model of the interface (Janus) on a GenEval-format line: the decoded image, regions from the
         proposer (`--srum.sam`, else colour components), every question through the engine's batched yes/no, and
-        the map pooled onto the model's square image-token grid (Janus-Pro: 24 x 24), one reward per image token."""
+        the scores of `geneval_scores`."""
         cfg = self.srum
         meta = llm_engine.prompt_meta.get(prompt)
         if meta is None:
@@ -124,29 +129,9 @@ class AgentExecutor(UMMExecutor):
                 self.proposer = SamProposer.from_pretrained(cfg.sam, k=cfg.k)
             else:
                 self.proposer = partial(components_proposer, k=cfg.k)
-        ids = umm.generation_prompt(prompt)
-        tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
         pixels = await llm_engine.decode(codes)
         boxes, crops, questions, owners = geneval_questions(pixels[None], [meta], self.proposer, cfg.k, umm.ask)
         values = await asyncio.gather(*[llm_engine.yes_no(c, q, **self.judge_kw) for c, q in zip(crops, questions)])
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"SRUM judge produced non-finite scores for prompt {prompt!r}")
-        local, g, found, claimed = geneval_scores(boxes, owners, values, [meta], cfg.assign, cfg.relation)
-        bg = (found.item() if cfg.missing else 1.0) * (claimed.item() if cfg.extra else 1.0)
-        m = reward_map(boxes[0], local[0], g.item(), pixels.shape[0], cfg.local_min, bg)
-        cells = pool_to_grid(m[None], math.isqrt(umm.image_tokens))[0]
-        logs = {"srum_global": g.item(), "srum_map_mean": m.mean().item(), "srum_regions": float(len(boxes[0]))}
-        logs.update(srum_found=found.item(), srum_claimed=claimed.item())
-        actions = [(len(ids), len(ids) + len(tokens))]
-        return self.response(
-            llm_engine,
-            prompt,
-            label,
-            images,
-            ids + tokens,
-            actions,
-            pixels,
-            m.mean().item(),
-            logs,
-            token_rewards=[0.0] * len(ids) + cells.tolist(),
-        )
+        return pixels, boxes, geneval_scores(boxes, owners, values, [meta], cfg.assign, cfg.relation)
