@@ -3,9 +3,11 @@
 #
 #   bash recipes/srum.sh [--model DIR] [--prompts FILE] [--offline] [--smoke] [--lora] [--steps N] [-- extra flags]
 #
-# --model DIR trains another model online instead of the ShapesWorld base (a Janus / Janus-Pro directory: its yes/no
-# answers on the decoded image, the questions from each GenEval line; `-- --srum.sam DIR` proposes regions with
-# SAM); --prompts FILE trains on a GenEval-format JSONL file (default: ShapesWorld training prompts).
+# --model DIR trains another model instead of the ShapesWorld base (a Janus / Janus-Pro directory: its yes/no
+# answers on the decoded image, the questions from each GenEval line; `-- --srum.sam DIR` online or `-- --sam DIR`
+# offline proposes regions with SAM; offline it trains its image tokens by the map-weighted NLL, having no diffusion
+# head); --prompts FILE trains on a GenEval-format JSONL file (default: ShapesWorld training prompts; offline with
+# --model: required).
 # --offline: the authors' method, `umm-plugin srum` (self-judged reward maps, then a reward-weighted fine-tune on
 #   OpenRLHF's DeepSpeed strategy); extra flags go to it (see `umm-plugin srum --help`).
 # default (online, beyond the paper): OpenRLHF's real train_ppo_ray with the SRUM executor, the map pooled onto the
@@ -60,19 +62,22 @@ if [ "$SMOKE" = 1 ]; then NAME=${NAME}_smoke; fi
 OUT=${UMM_OUT:-runs/$NAME}
 
 if [ "$OFFLINE" = 1 ]; then
-  if [ -n "${MODEL:-}${PROMPT_FILE:-}" ]; then
-    echo "srum.sh: --offline trains ShapesWorld models on their own prompts only so far; drop --model/--prompts" >&2
-    exit 2
-  fi
-  if [ ! -f "$BASE/umm_config.json" ]; then
+  if [ -z "${MODEL:-}" ] && [ ! -f "$BASE/umm_config.json" ]; then
     "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak
   fi
+  if [ -n "${MODEL:-}" ]; then  # another model: trained on its image tokens, judged with yes/no questions
+    if [ -z "${PROMPT_FILE:-}" ]; then echo "srum.sh: --offline --model needs --prompts FILE" >&2; exit 2; fi
+    set -- --scorer prob --train backbone "$@"
+  else
+    set -- --scorer caption "$@"
+  fi
+  if [ -n "${PROMPT_FILE:-}" ]; then set -- --prompts "$PROMPT_FILE" "$@"; fi
   if [ "$SMOKE" = 1 ]; then
     SIZE=(--n-prompts 4 --samples 2 --epochs 1 --batch-size 8 --micro-batch-size 4 --eval-n 8)
   else
     SIZE=(--n-prompts 1024 --samples 8 --epochs 2 --batch-size 64 --micro-batch-size 32 --eval-n 400)
   fi
-  "$PY" -m umm_plugin.cli srum --model "$BASE" --out "$OUT" --scorer caption "${SIZE[@]}" "$@"
+  "$PY" -m umm_plugin.cli srum --model "$BASE" --out "$OUT" "${SIZE[@]}" "$@"
   echo "curve: $OUT/curve.csv  grids: $OUT/grid_*.png  maps: $OUT/maps.png  model: $OUT/model"
   exit 0
 fi

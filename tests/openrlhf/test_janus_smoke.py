@@ -87,3 +87,15 @@ def test_srum_online_on_janus_trains_through_train_ppo_ray(tiny_janus_dir, coco_
     assert not torch.equal(
         policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
     )
+
+
+def test_srum_offline_on_janus_trains_its_image_tokens_by_the_weighted_nll(tiny_janus_dir, coco_file, tmp_path):
+    _recipe("srum", tiny_janus_dir, coco_file, tmp_path, "--offline")
+    rows = (tmp_path / "curve.csv").read_text().splitlines()
+    assert rows[0] == "step,gvu_reward,yes_no_pass,seconds,loss_backbone" and len(rows) == 3
+    assert float(rows[2].split(",")[-1]) > 0  # the map-weighted NLL of the image tokens
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "model").state_dict()
+    base = load_file(tiny_janus_dir / "model.safetensors")
+    moved = {k for k in base if not torch.equal(trained[k], base[k])}
+    assert "model.generation_head.vision_head.weight" in moved
+    assert not any(k.startswith(("model.vision_model.", "model.vqmodel.")) for k in moved)  # no gradient reaches them

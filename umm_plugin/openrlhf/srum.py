@@ -10,6 +10,11 @@ own DeepSpeed engine and optimizer through `DeepspeedStrategy.prepare`, so `torc
 umm_plugin.cli srum ...` shards the prompts over ranks like `train_sft` does; run alone it sets up a one-process
 gloo group itself. Held-out accuracy is evaluated before training and after every epoch into curve.csv/png and
 grids, as the online recipes do; the result is saved atomically as a complete model directory.
+
+A Janus directory (any model of the interface) trains the same way on a GenEval-format `--prompts` file, judged by
+`rewards/srum.py`'s `geneval_self_judge`: it has no diffusion head (its VQ decoder is not trained), so its offline
+update is the map-weighted NLL of its image tokens alone (`srum_token_loss`, "map-weighted token NLL"), and its
+evaluation is its own GvU reward and yes/no checks on the first `--eval-n` training lines.
 """
 
 import dataclasses
@@ -65,20 +70,35 @@ class SRUMOfflineConfig(SRUMConfig):
 
 
 @torch.no_grad()
-def self_rewarded_samples(model, prompts: list[str], cfg: SRUMConfig, sampling, gen: torch.Generator) -> dict:
-    """The model's own images for `prompts` and its reward maps for them: codes, images, maps, global scores."""
+def self_rewarded_samples(model, metas: list[dict], cfg: SRUMConfig, sampling, gen: torch.Generator) -> dict:
+    """The model's own images for the lines `metas` and its reward maps for them: codes, images, maps, global scores.
+    A ShapesWorld model judges with `self_judge`; another model of the interface with `geneval_self_judge`."""
     from umm_plugin.eval import generate_images
-    from umm_plugin.rewards.srum import reward_map, self_judge
+    from umm_plugin.models.umm import UMM
+    from umm_plugin.rewards.srum import components_proposer, geneval_self_judge, reward_map, self_judge
 
-    codes, images = generate_images(model, prompts, sampling, seed=int(torch.randint(1 << 30, (1,), generator=gen)))
+    prompts = [m["prompt"] for m in metas]
+    seed = int(torch.randint(1 << 30, (1,), generator=gen))
     proposer = None  # the connected-components proposer
     if cfg.sam:
         from umm_plugin.rewards.sam import SamProposer
 
         proposer = SamProposer.from_pretrained(cfg.sam, k=cfg.k)
-    boxes, local, g, found, claimed = self_judge(
-        model, images, prompts, cfg.k, cfg.scorer, proposer, assign=cfg.assign, relation=cfg.relation
-    )
+    if isinstance(model, UMM):
+        codes, images = generate_images(model, prompts, sampling, seed=seed)
+        boxes, local, g, found, claimed = self_judge(
+            model, images, prompts, cfg.k, cfg.scorer, proposer, assign=cfg.assign, relation=cfg.relation
+        )
+    else:
+        draw = torch.Generator().manual_seed(seed)
+        codes = torch.cat(
+            [model.sample_image_tokens(prompts[i : i + 8], sampling, draw) for i in range(0, len(prompts), 8)]
+        )
+        images = model.decode(codes)
+        proposer = proposer or (lambda image: components_proposer(image, cfg.k))
+        boxes, local, g, found, claimed = geneval_self_judge(
+            model, images, metas, proposer, cfg.k, cfg.assign, cfg.relation
+        )
     bg = (found if cfg.missing else 1) * (claimed if cfg.extra else 1) * torch.ones_like(found)
     size = images.shape[1]
     maps = torch.stack(
@@ -133,11 +153,21 @@ def _optim(cfg: SRUMOfflineConfig, steps: int) -> dict:
 
 
 def _evaluate(model, cfg: SRUMOfflineConfig, sampling, out: Path, step: int, extra: dict) -> dict:
-    from umm_plugin.eval import save_grid, shapes_rollout_stats
+    """ShapesWorld: held-out accuracy (exact evaluator); another model: its own GvU reward and yes/no checks on the
+    first --eval-n training lines (`eval.evaluate_geneval`)."""
+    from umm_plugin.eval import evaluate_geneval, save_grid, shapes_rollout_stats
+    from umm_plugin.models.umm import UMM
     from umm_plugin.openrlhf.curves import append_curve
+    from umm_plugin.worlds.geneval import load_geneval
 
-    stats, images = shapes_rollout_stats(model, cfg.eval_n, True, sampling=sampling)
-    save_grid(images[:16], f"epoch {step}: held-out accuracy {stats['accuracy']:.3f}", out / f"grid_{step:05d}.png")
+    if isinstance(model, UMM):
+        stats, images = shapes_rollout_stats(model, cfg.eval_n, True, sampling=sampling)
+        caption = f"epoch {step}: held-out accuracy {stats['accuracy']:.3f}"
+    else:
+        report, images = evaluate_geneval(model, load_geneval(cfg.prompts)[: cfg.eval_n], sampling, seed=0)
+        stats = {k: report["by_tag"]["overall"][k] for k in ("gvu_reward", "yes_no_pass")}
+        caption = f"epoch {step}: self-judged GvU reward {stats['gvu_reward']:.3f}, yes/no {stats['yes_no_pass']:.3f}"
+    save_grid(images[:16], caption, out / f"grid_{step:05d}.png")
     row = {"step": step, **stats, **extra}
     append_curve(out, row)
     return row
@@ -151,13 +181,24 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     from umm_plugin.eval import save_grid
     from umm_plugin.models.diffusion_head import to_pixels
     from umm_plugin.models.generation import continuation_logprobs
+    from umm_plugin.models.interface import load_model
     from umm_plugin.models.umm import UMM
     from umm_plugin.rewards.srum import overlay
+    from umm_plugin.worlds.geneval import load_geneval
     from umm_plugin.worlds.grammar import load_prompts, make_prompts
 
     t0 = time.time()
-    model = UMM.from_pretrained(cfg.model)
-    metas = load_prompts(cfg.prompts) if cfg.prompts else make_prompts(cfg.n_prompts, "train", cfg.seed)
+    model = load_model(cfg.model)
+    shapes = isinstance(model, UMM)
+    if not shapes and (not cfg.prompts or cfg.train == "head"):
+        raise ValueError(
+            f"srum: {cfg.model} is not a ShapesWorld model: give --prompts (GenEval JSONL) and train its image "
+            "tokens (--train backbone or both; it has no diffusion head)"
+        )
+    if shapes:
+        metas = load_prompts(cfg.prompts) if cfg.prompts else make_prompts(cfg.n_prompts, "train", cfg.seed)
+    else:
+        metas = load_geneval(cfg.prompts)
     _single_process_group()
     strategy = _strategy(cfg)
     strategy.setup_distributed()
@@ -167,10 +208,11 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
         out.mkdir(parents=True, exist_ok=True)
         (out / "srum_config.json").write_text(str(dataclasses.asdict(cfg) | dataclasses.asdict(sampling)))
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    prompts = [m["prompt"] for m in metas[rank::world] for _ in range(cfg.samples)]
+    metas = [m for m in metas[rank::world] for _ in range(cfg.samples)]
+    prompts = [m["prompt"] for m in metas]
 
     rows = [_evaluate(model, cfg, sampling, out, 0, {"seconds": 0.0})] if cfg.eval_n and rank == 0 else []
-    data = self_rewarded_samples(model, prompts, cfg, sampling, gen)
+    data = self_rewarded_samples(model, metas, cfg, sampling, gen)
     n = len(prompts)
     if rank == 0:
         show = [overlay(i, m) for i, m in zip(data["images"][:16], data["maps"][:16])]
@@ -182,16 +224,19 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
 
     micro = cfg.micro_batch_size
     steps_per_epoch = n // (cfg.batch_size // world)
-    parts = {"backbone": model.backbone, "head": model.head}
+    parts = {"backbone": model.backbone, "head": model.head} if shapes else {"backbone": model.backbone}
     trained = list(parts) if cfg.train == "both" else [cfg.train]
     engines = {}
     for name in trained:
         parts[name].train()
         engines[name], _, _ = strategy.prepare((parts[name], _optim(cfg, max(1, steps_per_epoch * cfg.epochs))))
     x = to_pixels(data["images"])
-    lay = model.layout
-    token_w = torch.tensor([lay.spread(w) for w in pool_to_grid(data["maps"], lay.grid).tolist()])  # 0 at <EOL>
-    prefixes = [model.generation_prompt(p) for p in prompts]
+    if shapes:
+        lay = model.layout
+        token_w = torch.tensor([lay.spread(w) for w in pool_to_grid(data["maps"], lay.grid).tolist()])  # 0 at <EOL>
+        prefixes = [model.generation_prompt(p) for p in prompts]
+    else:  # the map pooled onto the model's square token grid, one weight per image token (Janus-Pro: 24 x 24)
+        token_w = pool_to_grid(data["maps"], int(model.image_tokens**0.5))
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n, generator=gen)[: steps_per_epoch * (cfg.batch_size // world)]
         losses = {name: [] for name in trained}
@@ -199,9 +244,13 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
             idx = order[i : i + micro]
             if "backbone" in engines:
                 bb = engines["backbone"]
-                logp, mask = continuation_logprobs(
-                    bb.module, [prefixes[j] for j in idx], [lay.tokens(data["codes"][j]) for j in idx]
-                )
+                if shapes:
+                    logp, mask = continuation_logprobs(
+                        bb.module, [prefixes[j] for j in idx], [lay.tokens(data["codes"][j]) for j in idx]
+                    )
+                else:  # the image tokens' log-probs as sampled (T 1, no CFG), through the engine's weights
+                    logp = model.image_logprobs([prompts[j] for j in idx], data["codes"][idx], SamplingConfig())
+                    mask = torch.ones_like(logp)
                 loss = srum_token_loss(logp, mask.float(), token_w[idx], cfg.lam)
                 bb.backward(loss)
                 bb.step()
@@ -218,13 +267,16 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
                 losses["head"].append(loss.item())
         for name in trained:
             parts[name] = engines[name].module.eval()
-        model.backbone, model.head = parts["backbone"], parts["head"]
+        model.backbone = parts["backbone"]
+        if shapes:
+            model.head = parts["head"]
         extra = {f"loss_{k}": float(np.mean(v)) for k, v in losses.items()}
         extra["seconds"] = round(time.time() - t0, 1)
         log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
         if cfg.eval_n and rank == 0:
             rows.append(_evaluate(model, cfg, sampling, out, epoch, extra))
-            log(f"epoch {epoch}: held-out accuracy {rows[-1]['accuracy']:.3f}")
+            shown = ("accuracy", "gvu_reward", "yes_no_pass")
+            log(f"epoch {epoch}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in shown if k in rows[-1]))
         for name in trained:
             parts[name].train()
     if rank == 0:

@@ -344,10 +344,20 @@ def geneval_scores(boxes, owners, values, metas: list[dict], assign=True, relati
 
 
 @torch.no_grad()
-def geneval_self_judge(model, images: np.ndarray, metas: list[dict], proposer, k: int = 5, relation=False):
+def geneval_self_judge(
+    model, images: np.ndarray, metas: list[dict], proposer, k: int = 5, assign=True, relation=False
+):
     """SRUM's scores for any model of the interface on GenEval-format lines, asked through `model.yes_no` on pixels:
-    (boxes per image, local scores per image, global [N], found [N], claimed [N]), each prompt object claiming at
-    most its count of regions (`assign`)."""
+    (boxes per image, local scores per image, global [N], found [N], claimed [N]), as `geneval_scores`."""
     boxes, crops, questions, owners = geneval_questions(images, metas, proposer, k, model.ask)
-    values = model.yes_no(crops, questions).tolist()
-    return boxes, *geneval_scores(boxes, owners, values, metas, True, relation)
+    values = torch.cat(
+        [model.yes_no(crops[i : i + CHUNK], questions[i : i + CHUNK]) for i in range(0, len(crops), CHUNK)]
+    )
+    return boxes, *geneval_scores(boxes, owners, values.tolist(), metas, assign, relation)
+
+
+def overlay(image: np.ndarray, m: torch.Tensor) -> np.ndarray:
+    """The image blended with the map (red = 0, green = 1) for inspection: [H, W, 3] uint8."""
+    m = m.clamp(0, 1).numpy()[..., None]
+    heat = np.concatenate([1 - m, m, np.zeros_like(m)], -1) * 255
+    return (0.5 * np.asarray(image, dtype=np.float32) + 0.5 * heat).astype(np.uint8)
