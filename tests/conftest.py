@@ -142,12 +142,20 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
 
-    def reply(self, status: int, body: bytes):
+    def reply(self, status: int, body: bytes, headers=()):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in dict(headers).items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        trickle = self.server.cfg.get("trickle", 0.0)  # seconds over which the body is sent byte by byte
+        for i in range(len(body)) if trickle else ():
+            self.wfile.write(body[i : i + 1])
+            self.wfile.flush()
+            time.sleep(trickle / len(body))
+        if not trickle:
+            self.wfile.write(body)
 
     def do_POST(self):
         srv = self.server
@@ -156,8 +164,9 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(srv.cfg["sleep"])
         if self.path != "/v1/chat/completions":
             return self.reply(404, b'{"error": "not found"}')
-        if srv.cfg["statuses"]:
-            return self.reply(srv.cfg["statuses"].pop(0), b'{"error": "forced"}')
+        if srv.cfg["statuses"]:  # a status, or (status, headers)
+            status, headers = (lambda s: s if isinstance(s, tuple) else (s, {}))(srv.cfg["statuses"].pop(0))
+            return self.reply(status, b'{"error": "forced"}', headers)
         content = srv.cfg["content"]
         if content is None:  # a perfect VLM judge for ShapesWorld
             parts = body["messages"][0]["content"]

@@ -97,10 +97,51 @@ def test_bad_answers_raise_and_quote_content(server, scene, content):
     assert repr(content) in str(err.value)
 
 
-@pytest.mark.parametrize("content,value", [("score: 0.75", 0.75), (".5", 0.5), ("1", 1.0), ("0 - no match", 0.0)])
-def test_first_number_is_the_score(server, scene, content, value):
+@pytest.mark.parametrize(
+    "content,value",
+    [
+        ("0.75", 0.75),
+        (" .5\n", 0.5),
+        ("1", 1.0),
+        ("1e-3", 0.001),
+        ('{"score": 0.25, "why": "the circle is missing"}', 0.25),
+        ("The square is left of the circle.\nScore: 0.6", 0.6),
+        ("score = 1.", 1.0),
+    ],
+)
+def test_the_answer_contract_reads_the_stated_score(server, scene, content, value):
     server.cfg["content"] = content
     assert OpenAIJudge(server.url, "m").score(scene[0], scene[1]) == value
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["On a scale of 0 to 1: 0.9", "0 - no match", "Score: 0.9\nactually 0.1", '{"score": "high"}', '{"score": true}'],
+)
+def test_ambiguous_answers_are_errors_not_the_first_number(server, scene, content):
+    server.cfg["content"] = content
+    with pytest.raises(JudgeError, match="expected a number in \\[0, 1\\], alone"):
+        OpenAIJudge(server.url, "m").score(scene[0], scene[1])
+
+
+def test_429_waits_its_retry_after_then_succeeds(server, scene):
+    server.cfg["statuses"] = [(429, {"Retry-After": "0.3"})]
+    start = time.monotonic()
+    assert OpenAIJudge(server.url, "m", retries=1, backoff=0.01).score(scene[0], scene[1]) == 1.0
+    assert time.monotonic() - start >= 0.3 and len(server.requests) == 2
+    server.requests.clear()
+    server.cfg["statuses"] = [(429, {"Retry-After": "3600"})]  # an outage: reported, not waited out
+    with pytest.raises(JudgeError, match="HTTP 429 after 1 attempts"):
+        OpenAIJudge(server.url, "m", retries=3).score(scene[0], scene[1])
+    assert len(server.requests) == 1
+
+
+def test_a_reply_trickled_past_the_timeout_is_not_accepted(server, scene):
+    server.cfg["trickle"] = 1.5
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match="not complete within the 0.5 s timeout"):
+        OpenAIJudge(server.url, "m", timeout=0.5, retries=0).score(scene[0], scene[1])
+    assert time.monotonic() - start < 1.2
 
 
 def test_wrong_json_shape_names_missing_field(server, scene):

@@ -1,8 +1,11 @@
 """R3's `openai` judge: V in [0, 1] from any OpenAI-compatible chat-completions endpoint shown the image and prompt.
 
 The authors serve Qwen2.5-VL-72B behind such a server; any URL that speaks the protocol works (vLLM, SGLang, ...).
-Unlike the authors' judge prompt, we ask one fixed question (`QUESTION`) for a bare number in [0, 1] and parse the
-first number of the answer; anything else is a `JudgeError`, never a silent 0.
+Unlike the authors' judge prompt, we ask one fixed question (`QUESTION`) for a bare number in [0, 1]. The answer
+contract is strict (`parse_score`): the whole answer is one number, or a JSON object with a numeric "score", or its
+last line is "Score: x"; anything else is a `JudgeError` quoting the reply, never a silent or misread score. HTTP
+429 (after its Retry-After) and 5xx are retried; `timeout` bounds each attempt as a whole, a slowly trickled reply
+included.
 """
 
 import base64
@@ -24,7 +27,9 @@ QUESTION = (
     "count, colour and position), 0 if not at all. Answer with the number only."
 )
 # The sign is part of the number so that "-1" is rejected as out of range instead of read as 1.
-NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+SCORE_LINE = re.compile(r"score\s*[:=]\s*(\S+)", re.IGNORECASE)
+MAX_RETRY_AFTER = 30.0  # seconds: a longer Retry-After is an outage, reported rather than waited out
 
 
 class JudgeError(ValueError):
@@ -68,10 +73,12 @@ class OpenAIJudge:
         request = {"model": self.model, "temperature": 0, "max_tokens": 16}
         request["messages"] = [{"role": "user", "content": content}]
         answer = self._message(self._post(json.dumps(request).encode()))
-        match = NUMBER.search(answer)
-        value = float(match.group()) if match else None
+        value = parse_score(answer)
         if value is None or not 0 <= value <= 1:
-            raise JudgeError(f"judge at {self.endpoint} answered {answer!r}: expected a number in [0, 1]")
+            raise JudgeError(
+                f"judge at {self.endpoint} answered {answer[:200]!r}: expected a number in [0, 1], alone, as "
+                '{"score": x} or on a last line "Score: x"'
+            )
         return value
 
     def _post(self, data: bytes) -> bytes:
@@ -83,14 +90,24 @@ class OpenAIJudge:
         for k in range(attempts):
             if k:
                 time.sleep(self.backoff * 2 ** (k - 1))  # retry k (from 1) waits backoff * 2**(k-1)
+            deadline = time.monotonic() + self.timeout
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as r:
-                    return r.read()
+                    chunks = []
+                    while chunk := r.read1(1 << 16):  # whatever has arrived: the deadline holds for a trickle
+                        chunks.append(chunk)
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"reply not complete within the {self.timeout} s timeout")
+                    return b"".join(chunks)
             except urllib.error.HTTPError as e:  # before URLError: it is one
                 body = e.read().decode("utf-8", "replace")[:200]
-                if e.code < 500 or k == attempts - 1:  # a 4xx will not change on retry; a 5xx may be transient
-                    tries = f" after {k + 1} attempts" if e.code >= 500 else ""
+                transient = e.code == 429 or e.code >= 500  # rate limit or server trouble; a 4xx will not change
+                wait = _retry_after(e.headers.get("Retry-After")) if e.code == 429 else None
+                if not transient or k == attempts - 1 or (wait is not None and wait > MAX_RETRY_AFTER):
+                    tries = f" after {k + 1} attempts" if transient else ""
                     raise JudgeError(f"judge at {self.endpoint} answered HTTP {e.code}{tries}: {body}") from e
+                if wait is not None:
+                    time.sleep(wait)
             except (OSError, http.client.HTTPException) as e:  # refused, DNS, timeout, dropped connection
                 cause = str(e.reason if isinstance(e, urllib.error.URLError) else e) or type(e).__name__
                 if k == attempts - 1:
@@ -116,3 +133,28 @@ class OpenAIJudge:
         if not isinstance(node, str):
             raise JudgeError(f"judge at {self.endpoint}: {path!r} is {type(node).__name__}, expected a string")
         return node
+
+
+def parse_score(answer: str) -> float | None:
+    """The score a reply states under the contract: the whole reply one number, a JSON object's numeric "score", or
+    a last line "Score: x"; None otherwise (never the first number found: "On a scale of 0 to 1: 0.9" is not 0)."""
+    text = answer.strip()
+    if NUMBER.fullmatch(text):
+        return float(text)
+    if text.startswith("{"):
+        try:
+            score = json.loads(text).get("score")
+        except (ValueError, AttributeError):
+            return None
+        return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+    last = text.splitlines()[-1].strip() if text else ""
+    match = SCORE_LINE.fullmatch(last.rstrip("."))
+    return float(match.group(1)) if match and NUMBER.fullmatch(match.group(1)) else None
+
+
+def _retry_after(value) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not used by inference servers; it counts as absent)."""
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
