@@ -263,7 +263,13 @@ class UMM:
     @torch.no_grad()
     def yes_no(self, images: np.ndarray, questions: list[str]) -> torch.Tensor:
         """[B] p(yes) - p(no) as the answer's first word."""
-        rows = [self.chat(c, q) for c, q in zip(self.vq.encode(images), questions, strict=True)]
+        return self.yes_no_codes(self.vq.encode(images), questions)
+
+    @torch.no_grad()
+    def yes_no_codes(self, codes: torch.Tensor, questions: list[str], yes="yes", no="no") -> torch.Tensor:
+        """[B] p(first answer word in `yes`) - p(first in `no`) for images given as codes: one forward pass, reading
+        only the next-token distribution after `<assistant>`."""
+        rows = [self.chat(c, q) for c, q in zip(codes, questions, strict=True)]
         ids, mask = left_pad(rows, self.tokenizer.pad_token_id)
         dev = self.backbone.device
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -271,7 +277,7 @@ class UMM:
             input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1
         ).logits[:, -1]
         p = logits.float().softmax(-1)
-        return (p[:, self.ids("yes")].sum(-1) - p[:, self.ids("no")].sum(-1)).cpu()
+        return (p[:, self.ids(yes)].sum(-1) - p[:, self.ids(no)].sum(-1)).cpu()
 
     @torch.no_grad()
     def answer(self, images: np.ndarray, questions: list[str], max_new_tokens: int = 64) -> list[str]:

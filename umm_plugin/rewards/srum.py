@@ -30,7 +30,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from umm_plugin.models.generation import continuation_logprobs, generate_text, left_pad
+from umm_plugin.models.generation import continuation_logprobs, generate_text
 from umm_plugin.models.umm import ASK, DESCRIBE
 from umm_plugin.worlds.evaluator import relative_position
 from umm_plugin.worlds.grammar import Group, Structure, parse_prompt
@@ -126,19 +126,10 @@ def cut(image: np.ndarray, box: Box) -> np.ndarray:
 def yes_no_scores(model, codes: torch.Tensor, questions: list[str], yes: str = YES, no: str = NO) -> torch.Tensor:
     """p(first answer word in `yes`) - p(first answer word in `no`) for each (image codes, question): [B] in [-1, 1].
     One forward pass per CHUNK rows, reading only the next-token distribution after `<assistant>`."""
-    yes_ids, no_ids = model.ids(yes), model.ids(no)
-    out = []
-    for i in range(0, len(questions), CHUNK):
-        rows = [model.chat(c, q) for c, q in zip(codes[i : i + CHUNK], questions[i : i + CHUNK], strict=True)]
-        ids, mask = left_pad(rows, model.tokenizer.pad_token_id)
-        dev = model.backbone.device
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model.backbone(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1
-        ).logits[:, -1]
-        p = logits.float().softmax(-1)
-        out.append(p[:, yes_ids].sum(-1) - p[:, no_ids].sum(-1))
-    return torch.cat(out).cpu()
+    if len(codes) != len(questions):
+        raise ValueError(f"{len(codes)} images for {len(questions)} questions")
+    chunks = range(0, len(questions), CHUNK)
+    return torch.cat([model.yes_no_codes(codes[i : i + CHUNK], questions[i : i + CHUNK], yes, no) for i in chunks])
 
 
 def parse_verdict(text: str, yes: str = YES, no: str = NO) -> float:
