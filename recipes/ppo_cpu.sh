@@ -19,7 +19,12 @@ ppo_cpu() {
     echo "--steps $STEPS must be a multiple of $EVAL_STEPS (the engine evaluates and saves every $EVAL_STEPS)" >&2
     exit 2
   fi
-  mkdir -p "$OUT"
+  if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/.umm-plugin" ]; then
+    echo "output directory $OUT holds files umm-plugin did not write (no .umm-plugin marker); it never overwrites" \
+      "them: set UMM_OUT to a new or empty directory" >&2
+    exit 2
+  fi
+  mkdir -p "$OUT" && touch "$OUT/.umm-plugin"
   if [ -z "${MODEL:-}" ] && [ ! -f "$BASE/umm_config.json" ]; then
     "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak ${PRETRAIN_FLAGS:-}
   fi

@@ -2,7 +2,8 @@
 # R3 (reason -> generate -> reflect -> refine, tree-structured stage-wise GRPO) on the ShapesWorld weak base, through
 # OpenRLHF's real train_ppo_ray.
 #
-#   bash recipes/r3.sh [--judge self|evaluator|openai] [--smoke] [--faithful] [--lora] [--steps N] [-- extra flags]
+#   bash recipes/r3.sh [--model DIR] [--prompts FILE] [--judge self|evaluator|openai] [--smoke] [--faithful] [--lora]
+#                      [--steps N] [-- extra flags]
 #
 # Even steps are stage 1 (plan + image from the prompt), odd steps stage 2 (reflect + refine from a buffered stage-1
 # image); the R3 executor returns the text turn's reward on its tokens and the judge score V as the reward, and the
@@ -12,6 +13,10 @@
 # rounds_<step>.png shows plans, images and reflections. The diffusion head is trained beside the backbone
 # (Flow-GRPO, one SDE step per image, loss weight 2.0, its own AdamW: --umm.head.rl true); `-- --umm.head.rl false`
 # trains the AR backbone only. Shared flags: recipes/ppo_cpu.sh.
+# --model DIR trains a Janus / Janus-Pro directory instead (judges: self, its yes/no over a checklist from each
+# GenEval line, or openai); --prompts FILE a GenEval-format JSONL file (default: ShapesWorld training prompts). Janus
+# has no diffusion head, and it cannot draw conditioned on an image: its refine turn draws a new picture from the
+# prompt and the reflection's edit instruction, the earlier turns (the picture among them) in context.
 # Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the base, pretrained if missing: runs/shapes-weak-r3p),
 # UMM_OUT (run dir: runs/r3_<judge>[_smoke]).
 # Its own base: the weak base with R3's skills at 30 % of pretraining (not 10 %) and 10 % of rows that are the plan
@@ -26,6 +31,8 @@ SMOKE=0
 # 200 steps take about 25 min on a 2-core CPU.
 STEPS=200
 JUDGE=self
+HEAD_RL=true
+MAX_LEN=384  # with --model 2048: a Janus-Pro reflect turn alone holds 576 image placeholders
 # The whole backbone at lr 1e-4, k3 KL beta 0.1, cosine lr to 0.1x: GvU's defaults. --lora: LoRA r 8, lr 2e-4,
 # beta 0.03, constant lr.
 LR=1e-4
@@ -41,13 +48,16 @@ MIN_LR_RATIO=0.1
 R3_FLAGS=(--r3.stop_penalty 1 --r3.p_perfect 0.575)
 while [ $# -gt 0 ]; do
   case "$1" in
+    --model) BASE=$2; MODEL=$2; HEAD_RL=false; MAX_LEN=2048; shift 2 ;;
+    --prompts) PROMPT_FILE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     --judge) JUDGE=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
     --faithful) R3_FLAGS=(--r3.stop_penalty 0 --r3.p_perfect 0.15); shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --) shift; break ;;
-    *) echo "r3.sh: unknown option $1 (use --judge J, --smoke, --faithful, --lora, --steps N, -- extra flags)" >&2
+    *) echo "r3.sh: unknown option $1 (use --model DIR, --prompts FILE, --judge J, --smoke, --faithful, --lora," \
+         "--steps N, -- extra flags)" >&2
        exit 2 ;;
   esac
 done
@@ -61,4 +71,4 @@ fi
 OUT=${UMM_OUT:-runs/$NAME}
 source recipes/ppo_cpu.sh
 ppo_cpu umm_plugin.openrlhf.r3_agent r3_stage --r3.judge "$JUDGE" --r3.eval_rounds $ROUNDS \
-  --data.max_len 384 --umm.head.rl true "${R3_FLAGS[@]}" "$@"
+  --data.max_len $MAX_LEN --umm.head.rl $HEAD_RL "${R3_FLAGS[@]}" "$@"

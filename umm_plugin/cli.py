@@ -31,6 +31,28 @@ def _dataclass_value(cls, args):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line naming the option, without the usage dump (`--help` shows it)."""
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
+        return value
+
+    return parse
+
+
 def _tags(text: str) -> tuple[str, ...]:
     from umm_plugin.worlds.grammar import TAGS
 
@@ -47,7 +69,7 @@ def build_parser():
     from umm_plugin.openrlhf.srum import SRUMOfflineConfig
     from umm_plugin.worlds.grammar import TAGS
 
-    p = argparse.ArgumentParser(prog="umm-plugin", description="Self-rewarding RL for unified multimodal models.")
+    p = _Parser(prog="umm-plugin", description="Self-rewarding RL for unified multimodal models.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     shapes = sub.add_parser("shapes", help="The embedded ShapesWorld.").add_subparsers(
@@ -56,13 +78,13 @@ def build_parser():
     pre = shapes.add_parser("pretrain", help="Train a tiny UMM on ShapesWorld on CPU.")
     _dataclass_args(pre, PretrainConfig)
     chk = shapes.add_parser("check", help="Evaluator and tokenizer (and diffusion-head) fidelity, as JSON.")
-    chk.add_argument("--n", type=int, default=1000, help="Scenes to check.")
+    chk.add_argument("--n", type=_at_least(1), default=1000, help="Scenes to check.")
     chk.add_argument("--seed", type=int, default=0)
     chk.add_argument("--model", help="Also check this model's visual tokenizer and diffusion head.")
 
     prm = shapes.add_parser("prompts", help="Write a GenEval-format JSONL prompt file (train or held-out split).")
     prm.add_argument("--split", choices=("train", "eval"), default="train")
-    prm.add_argument("--n", type=int, default=1000, help="Prompts, cycling through the categories.")
+    prm.add_argument("--n", type=_at_least(1), default=1000, help="Prompts, cycling through the categories.")
     prm.add_argument("--seed", type=int, default=0)
     prm.add_argument("--tags", type=_tags, default=TAGS, help="Comma-separated categories to cycle through (all).")
     prm.add_argument(
@@ -75,7 +97,7 @@ def build_parser():
     gen = sub.add_parser("generate", help="Sample images for a prompt into a PNG grid.")
     gen.add_argument("--model", required=True, help="Model directory.")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--n", type=int, default=4, help="Images to sample.")
+    gen.add_argument("--n", type=_at_least(1), default=4, help="Images to sample.")
     gen.add_argument("--out", default="grid.png")
     gen.add_argument("--seed", type=int, default=0)
     _dataclass_args(gen, SamplingConfig)
@@ -89,7 +111,7 @@ def build_parser():
     ev.add_argument("--grid", default="eval_grid.png", help="With --prompts: a PNG of the first 16 images.")
     ev.add_argument(
         "--n",
-        type=int,
+        type=_at_least(1),
         default=400,
         help="Held-out prompts (cycling through the categories); with --prompts the first n.",
     )
@@ -97,7 +119,7 @@ def build_parser():
     _dataclass_args(ev, SamplingConfig)
     ev.add_argument(
         "--rounds",
-        type=int,
+        type=_at_least(0),
         default=0,
         help="Also run R3 at inference: plan + image, then up to this many reflect-refine rounds (0 = skip).",
     )
@@ -173,9 +195,10 @@ def run(args) -> None:
     elif args.cmd == "generate":
         from umm_plugin.eval import generate_images, save_grid
 
+        sampling = _dataclass_value(SamplingConfig, args)
         parse_prompt(args.prompt)  # ShapesWorld prompts: a clear error before any model work
         model = UMM.from_pretrained(args.model)
-        _, images = generate_images(model, [args.prompt] * args.n, _dataclass_value(SamplingConfig, args), args.seed)
+        _, images = generate_images(model, [args.prompt] * args.n, sampling, args.seed)
         save_grid(images, args.prompt, args.out)
         print(f"wrote {args.out} ({args.n} images)")
     elif args.cmd == "srum":
@@ -184,8 +207,9 @@ def run(args) -> None:
         train_offline(_dataclass_value(SRUMOfflineConfig, args), _dataclass_value(SamplingConfig, args))
     elif args.cmd == "janus" and args.janus_cmd == "tiny":
         from umm_plugin.models.janus import build_tiny_janus
+        from umm_plugin.models.umm import claim_dir
 
-        janus = build_tiny_janus(args.out, args.seed)
+        janus = build_tiny_janus(claim_dir(args.out), args.seed)
         n = sum(p.numel() for p in janus.model.parameters())
         print(f"wrote {args.out} (tiny Janus: {n} parameters, {janus.image_tokens} image tokens)")
     elif args.cmd == "flags":

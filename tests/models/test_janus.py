@@ -198,3 +198,53 @@ def test_the_rl_view_scores_a_rollout_as_the_sampler_drew_it_and_trains_the_gene
     # text positions are scored by the language model head over the text vocabulary only
     assert torch.isfinite(logp[:, -janus.image_tokens - 3 : -janus.image_tokens]).all()
     assert (torch.softmax(logits[:, 2], -1)[:, vocab:].sum(-1) == 0).all()
+
+
+def test_text_sampler_with_an_image_is_transformers_greedy_generate_and_stops_at_a_string(janus):
+    pixels = janus.decode(janus.sample_image_tokens(PROMPTS[:1], SamplingConfig(), torch.Generator().manual_seed(1)))
+    ids, mask, values = janus._understand(pixels, [DESCRIBE])
+    want = janus.model.generate(
+        input_ids=ids, attention_mask=mask, pixel_values=values, max_new_tokens=8, do_sample=False
+    )[0, ids.shape[1] :].tolist()
+    got = janus.sample_text(ids, mask, values, 8)[0]
+    assert got == want[: len(got)] and (len(got) == 8 or got[-1] == janus.eos_id)
+    stop = janus.tokenizer.decode(got[:3])[-2:]  # a string the greedy text ends with after its third token
+    k = next(k for k in range(1, 9) if janus.tokenizer.decode(got[:k]).endswith(stop))
+    assert janus.sample_text(ids, mask, values, 8, stop_strings=[stop])[0] == got[:k]
+    with pytest.raises(ValueError, match="image placeholders but no pixel values"):
+        janus.sample_text(ids, mask, None, 2)
+
+
+def test_r3_turns_are_janus_chat_turns(janus):
+    tok = janus.tokenizer
+    plan = tok.decode(janus.reason_prompt("a photo of a dog"))
+    assert plan.startswith(tok.bos_token + "<|User|>: a photo of a dog\n") and plan.endswith("<|Assistant|>: <think>")
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    reflect = janus.reflect_prompt(pixels, "a photo of a dog")
+    assert reflect.count(janus.model.config.image_token_id) == 16  # the tiny SigLIP's 4 x 4 features
+    assert tok.decode(reflect).endswith(
+        '"a photo of a dog". Say inside <think> </think> what it shows, then answer '
+        '"no further edit needed" if it matches, else say what to change.\n\n'
+        "<|Assistant|>: <think>"
+    )
+    turn = janus.refine_turn("a photo of a dog", "make it brown")
+    assert tok.decode(turn) == "<|User|>: Draw a photo of a dog again. make it brown\n\n<|Assistant|>:<begin_of_image>"
+
+
+def test_the_rl_view_reads_an_understanding_turn_with_its_pixels(tiny_dir, janus):
+    # R3's reflection on Janus: the actor scores the answer given the picture through SigLIP (pixel values in
+    # OpenRLHF's mm_train_inputs), as Janus's own forward does; other pixels give other log-probs.
+    rl = janus_for_rl_class().from_pretrained(tiny_dir).float()
+    codes = janus.sample_image_tokens(PROMPTS, SamplingConfig(), torch.Generator().manual_seed(2))
+    pixels = janus.decode(codes)
+    rows = [janus.reflect_prompt(p, q) + janus._ids(" <think> a dog </think>") for p, q in zip(pixels, PROMPTS)]
+    ids, mask = left_pad(rows, janus.pad_id)
+    values = janus.pixel_values(pixels)
+    logp = torch.log_softmax(rl(ids, attention_mask=mask, pixel_values=values).logits, -1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    own = janus.model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=values).logits
+    torch.testing.assert_close(logp[..., : own.shape[-1]], torch.log_softmax(own.float(), -1), atol=1e-5, rtol=0)
+    swapped = torch.log_softmax(rl(ids, attention_mask=mask, pixel_values=values.flip(0)).logits, -1)
+    assert (swapped - logp)[mask.bool()].abs().max() > 1e-4
+    with pytest.raises(ValueError, match="image placeholders but no pixel values"):
+        rl(ids, attention_mask=mask)

@@ -70,3 +70,42 @@ def test_missing_and_corrupt_directories_are_named(tiny_umm, tmp_path):
     (tmp_path / "umm_config.json").write_text(json.dumps({"format": "umm-plugin/1"}))
     with pytest.raises(ModelError, match="format 'umm-plugin/1'.*pretrain it again"):
         UMM.from_pretrained(tmp_path)
+
+
+def test_claim_dir_adopts_new_empty_or_own_directories_and_refuses_others(tmp_path):
+    from umm_plugin.models.umm import MARKER, claim_dir
+
+    assert (claim_dir(tmp_path / "new" / "run") / MARKER).is_file()
+    (tmp_path / "empty").mkdir()
+    assert (claim_dir(tmp_path / "empty") / MARKER).is_file()
+    (tmp_path / "new" / "run" / "policy").mkdir()
+    claim_dir(tmp_path / "new" / "run")  # its own directory, files and all: a rerun may write there
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ModelError, match="holds files umm-plugin did not write"):
+        claim_dir(user)
+    assert sorted(p.name for p in user.iterdir()) == ["config.json"]  # no marker left behind either
+    with pytest.raises(ModelError, match="is a file"):
+        claim_dir(user / "config.json")
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"model_type": "gpt2", "n_embd": 768}, "model_type 'gpt2', a ShapesWorld backbone is qwen2"),
+        (  # a real-size qwen2 config: refused from its shapes on the meta device, nothing allocated
+            {"model_type": "qwen2", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 150000},
+            "M-parameter backbone; a ShapesWorld model has about 1 M",
+        ),
+    ],
+)
+def test_from_pretrained_checks_the_backbone_config_before_building_it(tmp_path, config, message):
+    from umm_plugin.models.umm import FORMAT
+
+    (tmp_path / "umm_config.json").write_text(json.dumps({"format": FORMAT}))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for name in ("model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(ModelError, match=message):
+        UMM.from_pretrained(tmp_path)

@@ -12,7 +12,7 @@ from openrlhf.utils.sampling_params import SamplingParams
 from transformers import AutoModelForImageTextToText
 
 import umm_plugin.openrlhf.gvu_agent as gvu_agent
-from umm_plugin.models.generation import SamplingConfig
+from umm_plugin.models.generation import SamplingConfig, left_pad
 from umm_plugin.models.janus import JanusUMM
 from umm_plugin.openrlhf.engine import UMMRolloutEngine, _lora_config
 
@@ -75,8 +75,17 @@ def test_janus_image_requests_are_the_samplers_codes_and_others_are_refused(tiny
     outs = asyncio.run(_gather(*[engine.generate(r, params) for r in rows]))
     direct = janus.sample_rows(rows, SamplingConfig(temperature=0.0))
     assert [o.outputs[0].token_ids for o in outs] == (direct + janus.image_offset).tolist()
-    with pytest.raises(ValueError, match="image tokens .* and text_logprobs only"):
-        asyncio.run(engine.generate(rows[0], SamplingParams(max_tokens=5)))
+    for refused in (SamplingParams(max_tokens=5, allowed_token_ids=[1, 2]), SamplingParams(prompt_logprobs=0)):
+        with pytest.raises(ValueError, match="text \\(allowed_token_ids unset or the whole text vocabulary\\)"):
+            asyncio.run(engine.generate(rows[0], refused))
+    # a text turn about a picture (R3's reflection): multi_modal_data fills the prompt's placeholders
+    pixels = janus.decode(direct[:1])
+    ids = janus.reflect_prompt(pixels[0], PROMPT)
+    out = asyncio.run(engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=6), {"image": [pixels[0]]}))
+    want = janus.sample_text(*left_pad([ids], janus.pad_id), janus.pixel_values(pixels), 6)[0]
+    assert out.outputs[0].token_ids == want
+    with pytest.raises(ValueError, match="image placeholders but no pixel values"):
+        asyncio.run(engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=6)))
 
 
 def test_janus_reference_judge_is_the_base_with_lora_off(tiny_janus_dir, flags):
@@ -138,3 +147,42 @@ def test_srum_executor_on_janus_rewards_each_image_token_with_the_pooled_map(tin
         assert r["reward"] == pytest.approx(m.mean().item(), abs=1e-6)
     with pytest.raises(ValueError, match="in neither the training nor the eval prompt file"):
         asyncio.run(engine.generate_responses("a photo of a cow", "x", params, 2048, None, num_samples=1))
+
+
+def test_r3_executor_on_janus_plans_judges_itself_and_reflects_on_the_picture(tiny_janus_dir, flags, coco_file):
+    import numpy as np
+
+    import umm_plugin.openrlhf.r3_agent as r3_agent
+    from umm_plugin.rewards.r3 import geneval_checklist
+    from umm_plugin.worlds.geneval import load_geneval
+
+    flags(**{"r3.score": "checklist", "r3.text_tokens": 6})
+    engine = UMMRolloutEngine(str(tiny_janus_dir), 0, r3_agent.__file__, prompt_files=[str(coco_file)])
+    janus, meta = engine.umm, load_geneval(coco_file)[4]
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    stage1 = asyncio.run(engine.generate_responses(meta["prompt"], meta["tag"], params, 2048, None, num_samples=3))
+    ctx = janus.reason_prompt(meta["prompt"])
+    for r in stage1:  # plan (text ids), begin-of-image, then the image's 16 tokens; V = the checklist's yes share
+        (a, b), (c, d) = r["action_ranges"]
+        obs = r["observation_tokens"]
+        assert obs[:a] == ctx and a == len(ctx) and 0 < b - a <= 6 and all(t < janus.image_offset for t in obs[a:b])
+        assert obs[b:c] == [janus.boi_id] and d - c == 16 and all(t in janus.image_ids for t in obs[c:d])
+        pixels = janus.decode(torch.tensor(obs[c:d])[None] - janus.image_offset)
+        questions = geneval_checklist(meta, janus.ask)
+        share = float((janus.yes_no(np.repeat(pixels, len(questions), 0), questions) > 0).float().mean())
+        assert r["reward"] == pytest.approx(share) and r["extra_logs"]["r3_stage"] == 1.0
+        assert r["token_rewards"][a:b] == [r["extra_logs"]["r3_text_reward"]] * (b - a)
+        assert r["mm_train_inputs"] is None
+    engine.syncs = 1  # an odd sync: stage 2 from the buffer, which now holds the three stage-1 pictures
+    stage2 = asyncio.run(engine.generate_responses(meta["prompt"], meta["tag"], params, 2048, None, num_samples=3))
+    assert len(engine.executor.buffer) == 3
+    root = engine.executor.roots[id(params)][1]["pixels"]  # one root per group (one sampling-params object)
+    assert any(root is e["pixels"] for e in engine.executor.buffer.entries)
+    for r in stage2:  # the reflection sees the root through SigLIP, in the engine and (pixel values) in the actor
+        obs, ranges = r["observation_tokens"], r["action_ranges"]
+        assert obs[: ranges[0][0]] == janus.reflect_prompt(root, meta["prompt"])
+        torch.testing.assert_close(r["mm_train_inputs"]["pixel_values"], janus.pixel_values(root[None]))
+        if r["extra_logs"]["r3_stop"] == 0:  # the refine turn: a new picture from the prompt and the edit
+            (a, b), (c, d) = ranges
+            assert obs[c - 1] == janus.boi_id and d - c == 16 and d == len(obs)
+            assert obs[b : b + 1] == [janus.eos_id] or obs[b - 1] == janus.eos_id

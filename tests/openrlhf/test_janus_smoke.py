@@ -2,7 +2,8 @@
 `python -m openrlhf.cli.train_ppo_ray`, fully fine-tuned and with `--lora`: it completes and logs GvU's reward, the
 engine's `policy/` is a Janus checkpoint that reloads through the Auto classes, the engine holds the actor's weights
 after the last sync, training moved the weights, and LoRA stays on the language model. `recipes/srum.sh --model`
-runs SRUM online the same way."""
+runs SRUM online the same way, and `recipes/r3.sh --model` R3's two stages with the self and the openai judge (the
+reflection's picture reaching the actor as pixel values: the RL view refuses placeholders without them)."""
 
 import json
 import os
@@ -22,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _recipe(recipe, model, prompts, out, *flags):
-    cmd = ["bash", f"recipes/{recipe}.sh", "--model", str(model), "--prompts", str(prompts), "--smoke", *flags]
+    cmd = ["bash", f"recipes/{recipe}.sh", "--model", str(model), "--smoke"]
+    cmd += [*(["--prompts", str(prompts)] if prompts else []), *flags]
     env = {**os.environ, "UMM_PYTHON": sys.executable, "UMM_OUT": str(out)}
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
@@ -99,3 +101,33 @@ def test_srum_offline_on_janus_trains_its_image_tokens_by_the_weighted_nll(tiny_
     moved = {k for k in base if not torch.equal(trained[k], base[k])}
     assert "model.generation_head.vision_head.weight" in moved
     assert not any(k.startswith(("model.vision_model.", "model.vqmodel.")) for k in moved)  # no gradient reaches them
+
+
+def _r3_steps(out):
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["r3_stage"] for s in steps] == [1.0, 2.0]  # stage 1 (plan + picture), then reflect + refine
+    for s in steps:
+        assert s["reward"] == pytest.approx(s["r3_v"]) and 0 <= s["r3_format"] <= 1 and s["kl"] >= 0
+    policy = AutoModelForImageTextToText.from_pretrained(out / "policy")
+    assert type(policy).__name__ == "JanusForConditionalGeneration"
+    return steps, policy.state_dict()
+
+
+def test_r3_on_janus_with_the_self_judge_trains_through_train_ppo_ray(tiny_janus_dir, tmp_path):
+    _recipe("r3", tiny_janus_dir, None, tmp_path, "--judge", "self")  # ShapesWorld's prompts, as GenEval lines
+    steps, _ = _r3_steps(tmp_path)
+    assert all(s["r3_v"] in (0.0, 1.0) for s in steps)  # the recipe's binary verdict
+
+
+def test_r3_on_janus_with_the_openai_judge_on_a_loopback_server(tiny_janus_dir, coco_file, tmp_path, server):
+    verdicts = iter(["1", "0"] * 100)  # every group gets pictures judged right and wrong: non-zero advantages
+    server.cfg["content"] = lambda body: next(verdicts)
+    flags = ["--judge", "openai", "--", "--umm.judge.url", server.url, "--umm.judge.model", "coco-vlm"]
+    _recipe("r3", tiny_janus_dir, coco_file, tmp_path, *flags)
+    steps, policy = _r3_steps(tmp_path)
+    assert steps[0]["r3_v"] == pytest.approx(0.5) and all(s["actor_grad_norm"] > 0 for s in steps)
+    assert len(server.requests) >= 8 and all(r["body"]["model"] == "coco-vlm" for r in server.requests)
+    base = load_file(tiny_janus_dir / "model.safetensors")
+    assert not torch.equal(
+        policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
+    )

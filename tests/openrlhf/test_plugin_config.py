@@ -96,7 +96,11 @@ def test_janus_check_expands_lora_to_the_language_model_and_reads_real_prompt_fi
     [
         ([], "is a Janus model: vLLM does not serve its image generation"),
         (["--rollout.engine", ENGINE, "--umm.head.rl", "true"], "Janus decodes with its VQ decoder"),
-        (["--rollout.engine", ENGINE, "--algo.advantage.estimator", "r3_stage"], "R3 runs on ShapesWorld models"),
+        (["--rollout.engine", ENGINE, "--algo.advantage.estimator", "ppo"], "GvU (gvu_grpo), SRUM online"),
+        (
+            ["--rollout.engine", ENGINE, "--algo.advantage.estimator", "r3_stage", "--r3.judge", "evaluator"],
+            "ShapesWorld's exact checker; on a Janus model use self or openai",
+        ),
         (
             ["--rollout.engine", ENGINE, "--algo.advantage.estimator", "srum_dense", "--srum.scorer", "caption"],
             "asks yes/no questions; use prob",

@@ -151,3 +151,16 @@ def test_a_colour_caption_refutes_a_wrong_colour_the_greedy_one_cannot():
     meta = parse_prompt("a photo of a red circle").meta()
     assert checklist_score(*reversed(caption_objects("a photo of a circle", meta))) == 1  # colour-free: passes
     assert checklist_score(*reversed(caption_objects("a photo of a blue circle", meta))) < 1
+
+
+def test_geneval_checklist_asks_about_each_object_then_the_whole_prompt(coco_records):
+    from umm_plugin.rewards.r3 import geneval_checklist
+
+    ask = "Is this {prompt}?"
+    two = next(m for m in coco_records if m["tag"] == "two_object" and not m.get("yn_question_list"))
+    first, second = (f"a photo of a {e['class']}" for e in two["include"])
+    assert geneval_checklist(two, ask) == [f"Is this {first}?", f"Is this {second}?", f"Is this {two['prompt']}?"]
+    single = {"prompt": "a photo of a dog", "include": [{"class": "dog", "count": 1}]}
+    assert geneval_checklist(single, ask) == ["Is this a photo of a dog?"]  # no repeat
+    listed = {**single, "yn_question_list": ["Is there a dog?", "Is it brown?"]}
+    assert geneval_checklist(listed, ask) == ["Is there a dog?", "Is it brown?"]

@@ -61,11 +61,11 @@ class SamplingConfig:
     )
 
     def __post_init__(self):
-        if self.temperature < 0 or self.top_k < 0 or not 0 <= self.min_p <= 1 or self.cfg_scale < 0:
-            raise ValueError(
-                f"sampling: temperature {self.temperature} and top_k {self.top_k} must be >= 0, min_p {self.min_p} "
-                f"in [0, 1], cfg_scale {self.cfg_scale} >= 0"
-            )
+        for name in ("temperature", "top_k", "cfg_scale"):
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ValueError(f"sampling {name} {getattr(self, name)} must be >= 0")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"sampling min_p {self.min_p} must lie in [0, 1]")
 
 
 def sample_logits(logits, temperature=1.0, top_k=0, min_p=0.0, generator=None) -> torch.Tensor:

@@ -24,6 +24,15 @@ from umm_plugin.models.generation import SamplingConfig, left_pad, sample_logits
 DESCRIBE = "Describe the image."  # an understanding instruction for captions (GvU's judge reads the prompt after it)
 ASK = "Is this {prompt}?"  # the yes/no question when a prompt line has no yn_question_list
 YES, NO = (" Yes", " yes"), (" No", " no")  # the answer after "<|Assistant|>:" starts with a space
+# R3's turns. Janus has no thinking tokens: the plan and the reflection are assistant text that starts with a
+# prefilled "<think>" and closes it (the format reward reads "<think>" + what the model wrote).
+THINK = " <think>"
+PLAN = "{prompt}\nFirst plan the picture inside <think> </think>: its objects, colours, counts and layout."
+REFLECT = (
+    'This picture was drawn for "{prompt}". Say inside <think> </think> what it shows, then answer "no further '
+    'edit needed" if it matches, else say what to change.'
+)
+REFINE = "Draw {prompt} again. {instruction}"
 TINY_MAX_PARAMS = 2_000_000
 
 # Janus's tokens, spelled as in the DeepSeek tokenizer the public checkpoints ship.
@@ -162,14 +171,17 @@ class JanusUMM:
         return self.sample_rows(rows, sampling, generator, return_logprobs)
 
     @torch.no_grad()
-    def sample_rows(self, rows: list[list[int]], sampling, generator=None, return_logprobs: bool = False):
-        """`sample_image_tokens` after given generation-prompt ids (a rollout engine's requests)."""
+    def sample_rows(
+        self, rows: list[list[int]], sampling, generator=None, return_logprobs: bool = False, pixel_values=None
+    ):
+        """`sample_image_tokens` after given generation-prompt ids (a rollout engine's requests); `pixel_values`
+        (`pixel_values(images)`, the rows' images in order) fill the rows' image placeholders."""
         cfg = sampling.cfg_scale != 1.0
         ids, mask = self._pad(rows, cfg)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         lm, gen_head = self.model.model.language_model, self.model.model.generation_head
         out = lm(
-            inputs_embeds=self.model.get_input_embeddings()(ids),
+            inputs_embeds=janus_embeds(self.model, ids, pixel_values),
             attention_mask=mask,
             position_ids=pos,
             past_key_values=DynamicCache(config=lm.config),
@@ -273,23 +285,40 @@ class JanusUMM:
     def answer(self, images: np.ndarray, questions: list[str], max_new_tokens: int = 64) -> list[str]:
         """Greedy answers with a KV cache, each up to its end token or `max_new_tokens`."""
         ids, mask, pixels = self._understand(images, questions)
+        rows = self.sample_text(ids, mask, pixels, max_new_tokens)
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+
+    @torch.no_grad()
+    def sample_text(
+        self, ids, mask, pixel_values, max_new_tokens, temperature=0.0, generator=None, stop_strings=(), stop_ids=()
+    ):
+        """Text after left-padded rows `ids` / `mask` (`pixel_values` fill their image placeholders, or None), with a
+        KV cache, from the language-model head over the text vocabulary but the image placeholder (what the
+        understanding encoder's features replace, never written): greedy at temperature 0. A row ends at the
+        end token, a `stop_ids` token, or once its text ends with one of `stop_strings` (all kept, as vLLM returns
+        the token ids), or after `max_new_tokens`. Returns the new token ids per row."""
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        ends = torch.tensor(sorted({self.eos_id, *stop_ids}), device=self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
-            input_ids=ids,
-            pixel_values=pixels,
+            inputs_embeds=janus_embeds(self.model, ids, pixel_values),
             attention_mask=mask,
             position_ids=pos,
             past_key_values=DynamicCache(config=self.model.config.text_config),
             use_cache=True,
             logits_to_keep=1,
         )
-        rows: list[list[int]] = [[] for _ in questions]
-        done = torch.zeros(len(questions), dtype=torch.bool, device=self.device)
+        rows: list[list[int]] = [[] for _ in range(len(ids))]
+        done = torch.zeros(len(ids), dtype=torch.bool, device=self.device)
         for step in range(max_new_tokens):
-            token = out.logits[:, -1].argmax(-1)
+            logits = out.logits[:, -1, : self.image_offset].float()
+            logits[:, self.model.config.image_token_id] = float("-inf")  # an input-only token, with no features
+            token = sample_logits(logits, temperature, generator=generator)
             for i in (~done).nonzero().flatten().tolist():
                 rows[i].append(int(token[i]))
-            done |= token == self.eos_id
+                if stop_strings and self.tokenizer.decode(rows[i][-16:]).endswith(tuple(stop_strings)):
+                    done[i] = True
+            done |= torch.isin(token, ends)
             if done.all() or step + 1 == max_new_tokens:
                 break
             mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
@@ -301,7 +330,64 @@ class JanusUMM:
                 past_key_values=out.past_key_values,
                 use_cache=True,
             )
-        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+        return rows
+
+    def pixel_values(self, images: np.ndarray) -> torch.Tensor:
+        """The understanding encoder's input [B, 3, S, S] for uint8 images [B, H, W, 3]."""
+        values = self.processor.image_processor(images=list(images), return_tensors="pt").pixel_values
+        return values.to(self.device, self.model.dtype)
+
+    # ---- R3's turns: plan, reflect, refine ----
+    def _text_ids(self, text: str, images=None, special: bool = True) -> list[int]:
+        if images is None:
+            return self.tokenizer(text, add_special_tokens=special).input_ids
+        return self.processor(text=[text], images=list(images), generation_mode="text").input_ids[0].tolist()
+
+    def _user_turn(self, *parts) -> str:
+        content = [{"type": "image"} if p is None else {"type": "text", "text": p} for p in parts]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def reason_prompt(self, prompt: str) -> list[int]:
+        """Stage 1: the user turn asks for a plan and then the picture; the assistant's answer starts with the
+        prefilled `<think>`, the model writes the plan and `</think>`, and `after_plan` begins the image."""
+        return self._text_ids(self._user_turn(PLAN.format(prompt=prompt)) + THINK)
+
+    def after_plan(self, plan: list[int]) -> list[int]:
+        return [self.boi_id]
+
+    def reflect_prompt(self, pixels: np.ndarray, prompt: str) -> list[int]:
+        """Stage 2: the picture [H, W, 3] as an understanding input (its placeholders, filled by SigLIP from
+        `pixel_values`) and the reflect question; the answer starts with the prefilled `<think>`."""
+        return self._text_ids(self._user_turn(None, REFLECT.format(prompt=prompt)) + THINK, [pixels])
+
+    def refine_turn(self, prompt: str, instruction: str) -> list[int]:
+        """Appended after the reflect turn and its end token. Janus cannot draw conditioned on an image, so the
+        refine turn draws a new picture from the prompt and the edit instruction, the earlier turns (the picture
+        among them) in context."""
+        text = self._user_turn(REFINE.format(prompt=prompt, instruction=instruction).strip())
+        return self._text_ids(text.removeprefix(self.tokenizer.bos_token or ""), special=False) + [self.boi_id]
+
+
+def janus_embeds(model, ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+    """Input embeddings of token rows for a `JanusForConditionalGeneration`: text ids through the text embedding,
+    ids `text_vocab + c` (image code c) through the generation path, and the image placeholders filled with the
+    understanding encoder's features of `pixel_values` (the images in row order), as Janus's own forward does."""
+    vocab = model.config.text_config.vocab_size
+    image = ids >= vocab
+    embeds = model.get_input_embeddings()(ids.masked_fill(image, 0))
+    if image.any():
+        drawn = model.prepare_embeddings_for_image_generation((ids - vocab).clamp(min=0))
+        embeds = torch.where(image[..., None], drawn.to(embeds.dtype), embeds)
+    seen = ids == model.config.image_token_id
+    if pixel_values is None and seen.any():
+        raise ValueError("the rows hold image placeholders but no pixel values came with them")
+    if pixel_values is not None:
+        features = model.model.get_image_features(pixel_values.to(embeds.dtype)).pooler_output
+        features = features.reshape(-1, embeds.shape[-1])
+        if int(seen.sum()) != len(features):
+            raise ValueError(f"{int(seen.sum())} image placeholders in the rows for {len(features)} image features")
+        embeds = embeds.masked_scatter(seen[..., None], features.to(embeds.dtype))
+    return embeds
 
 
 def janus_for_rl_class():
@@ -312,21 +398,18 @@ def janus_for_rl_class():
     aligner), and the position before it is scored by the generation head, every other position by the language
     model head. Logits cover text + image ids, each position masked to the vocabulary its next token comes from,
     which is how the sampler drew it (image codes from the generation head alone, without CFG as RL rollouts
-    sample), so log-softmax at an image position equals the sampler's log-prob of that code. The weights and the
-    saved checkpoint are Janus's own."""
+    sample), so log-softmax at an image position equals the sampler's log-prob of that code. `pixel_values` (OpenRLHF
+    passes a VLM's `mm_train_inputs` to the forward) fill the image placeholders of understanding turns (R3's
+    reflection). The weights and the saved checkpoint are Janus's own."""
     from transformers import JanusForConditionalGeneration
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     class JanusForRL(JanusForConditionalGeneration):
-        def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, pixel_values=None, **kwargs):
             if position_ids is None and attention_mask is not None:  # left padding, as the sampler counts positions
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            vocab = self.config.text_config.vocab_size
-            image = input_ids >= vocab
-            embeds = self.get_input_embeddings()(input_ids.masked_fill(image, 0))
-            if image.any():
-                drawn = self.prepare_embeddings_for_image_generation((input_ids - vocab).clamp(min=0))
-                embeds = torch.where(image[..., None], drawn.to(embeds.dtype), embeds)
+            image = input_ids >= self.config.text_config.vocab_size
+            embeds = janus_embeds(self, input_ids, pixel_values)
             hidden = self.model.language_model(
                 inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).last_hidden_state

@@ -16,7 +16,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from umm_plugin.models.diffusion_head import flow_matching_loss
 from umm_plugin.models.generation import generate_image_tokens
-from umm_plugin.models.umm import ASK, DESCRIBE, UMM
+from umm_plugin.models.umm import ASK, DESCRIBE, UMM, claim_dir
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.evaluator import check, detect
 from umm_plugin.worlds.grammar import (
@@ -412,8 +411,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_dir(cfg.out)  # never into a directory of someone else's files
     t0 = time.time()
 
     # 1. visual tokenizer, fit on clean and perturbed scenes of the train split

@@ -37,8 +37,28 @@ DESCRIBE = "describe the image ."  # the understanding instruction: captions, Gv
 ASK = "is this {prompt} ?"  # the yes/no question: SRUM's and R3's self-judge
 
 
+MARKER = ".umm-plugin"  # in every directory the plugin writes into: what it may overwrite
+MAX_BACKBONE_PARAMS = 100_000_000  # a ShapesWorld backbone has about 1 M; more is another model's config.json
+
+
 class ModelError(ValueError):
     """A model directory or model input that cannot be used; the message says what and what to do."""
+
+
+def claim_dir(path) -> Path:
+    """Make `path` an output directory of the plugin: create it (or adopt it when empty) and mark it. A non-empty
+    directory without the marker holds someone else's files, which the plugin never overwrites: refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"output {path} is a file; name a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / MARKER).is_file():
+        raise ModelError(
+            f"output directory {path} holds files umm-plugin did not write (no {MARKER} marker); it never overwrites "
+            "them: name a new or empty directory"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).touch()
+    return path
 
 
 def image_code_token(code: int) -> str:
@@ -319,6 +339,20 @@ class UMM:
             raise ModelError(
                 f"{path / 'umm_config.json'}: format {meta.get('format')!r}, expected {FORMAT!r} "
                 "(saved by another umm-plugin version: pretrain it again with `umm-plugin shapes pretrain`)"
+            )
+        try:  # the backbone's config, checked before anything is allocated
+            config = Qwen2Config.from_pretrained(path)
+            kind = json.loads((path / "config.json").read_text()).get("model_type")
+        except Exception as e:
+            raise ModelError(f"cannot read {path / 'config.json'}: {str(e).strip().splitlines()[0]}") from None
+        if kind != "qwen2":
+            raise ModelError(f"{path / 'config.json'}: model_type {kind!r}, a ShapesWorld backbone is qwen2")
+        with torch.device("meta"):
+            n = sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
+        if n > MAX_BACKBONE_PARAMS:
+            raise ModelError(
+                f"{path / 'config.json'} describes a {n / 1e6:.0f} M-parameter backbone; a ShapesWorld model has "
+                "about 1 M (is this another model's config?)"
             )
         parts = {}
         for name, load in (

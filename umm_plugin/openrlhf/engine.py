@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text
+from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text, left_pad
 from umm_plugin.models.interface import load_model
 from umm_plugin.models.umm import UMM
 
@@ -71,6 +71,7 @@ class _Request:
     params: object
     use_adapter: bool
     future: asyncio.Future = field(repr=False)
+    images: list = field(default_factory=list)  # a model of the interface: the images its placeholders show
 
 
 def _lora_config(args):
@@ -149,9 +150,16 @@ class UMMRolloutEngine:
 
     # ---- generation ----
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None, use_adapter=True):
-        if multi_modal_data:
-            raise ValueError("the UMM engine takes images as tokens in the prompt, not multi_modal_data")
-        return await self._submit(self._kind(sampling_params), list(prompt_token_ids), sampling_params, use_adapter)
+        """vLLM's call. A model of the interface also takes `multi_modal_data={"image": [uint8 [H, W, 3], ...]}`, the
+        images its understanding placeholders in `prompt_token_ids` show, in order (R3's reflect and refine turns)."""
+        images = list((multi_modal_data or {}).get("image", []))
+        if multi_modal_data and (self.shapes or set(multi_modal_data) != {"image"}):
+            raise ValueError(
+                "the UMM engine takes a ShapesWorld model's images as tokens in the prompt, and another model's as "
+                "multi_modal_data={'image': [pixels]}"
+            )
+        kind = self._kind(sampling_params)
+        return await self._submit(kind, list(prompt_token_ids), sampling_params, use_adapter, images)
 
     async def text_logprobs(self, codes, instruction: str, text: str, use_adapter=True):
         """Understanding of one generated image (a model of the interface other than ShapesWorld's): decode `codes`,
@@ -169,9 +177,9 @@ class UMMRolloutEngine:
         """p(yes) - p(no) of the model's answer to `question` about `pixels` [H, W, 3]; batched like `generate`."""
         return await self._submit("yes_no", pixels, question, use_adapter)
 
-    async def _submit(self, kind, ids, params, use_adapter):
+    async def _submit(self, kind, ids, params, use_adapter, images=()):
         loop = asyncio.get_running_loop()
-        req = _Request(kind, ids, params, use_adapter, loop.create_future())
+        req = _Request(kind, ids, params, use_adapter, loop.create_future(), list(images))
         self.pending.append(req)
         if len(self.pending) == 1:
             loop.create_task(self._flush())
@@ -217,10 +225,13 @@ class UMMRolloutEngine:
         if not self.shapes:
             if allowed == self.umm.image_ids and params.max_tokens == self.umm.image_tokens:
                 return "image"
+            whole = not allowed or allowed == list(range(self.umm.image_offset))
+            if whole and params.max_tokens and getattr(params, "prompt_logprobs", None) is None:
+                return "text"
             raise ValueError(
                 f"the engine serves a {type(self.umm).__name__}'s image tokens (allowed_token_ids = its image ids "
-                f"{self.umm.image_offset} .. {self.umm.image_ids[-1]}, max_tokens = {self.umm.image_tokens}) and "
-                "text_logprobs only"
+                f"{self.umm.image_offset} .. {self.umm.image_ids[-1]}, max_tokens = {self.umm.image_tokens}), text "
+                "(allowed_token_ids unset or the whole text vocabulary) and text_logprobs, decode and yes_no"
             )
         lay = self.umm.layout
         if getattr(params, "prompt_logprobs", None) is not None:
@@ -248,7 +259,10 @@ class UMMRolloutEngine:
             # Requests batch together when they sample alike; text turns also need the same stops, length and token
             # set. The whole text vocabulary (the usual set) is a cut of the logits, not a gather of every column.
             allowed = tuple(p.allowed_token_ids or ())
-            allowed = "text" if kind == "text" and len(set(allowed)) == self.umm.layout.image_offset else allowed
+            if kind == "text" and not self.shapes:  # the whole text vocabulary, and stop strings (vLLM's `stop`)
+                allowed = tuple(getattr(p, "stop", None) or ())
+            elif kind == "text" and len(set(allowed)) == self.umm.layout.image_offset:
+                allowed = "text"
             text = (tuple(p.stop_token_ids or ()), p.max_tokens, allowed) if kind == "text" else ()
             key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), text)
             groups.setdefault(key, []).append(i)
@@ -269,6 +283,16 @@ class UMMRolloutEngine:
                 elif kind == "score":
                     for i, res in zip(idx, self._score([batch[i] for i in idx])):
                         out[i] = res
+                elif not self.shapes and kind == "text":  # a model of the interface: the text vocabulary
+                    stops, max_tokens, stop_strings = text
+                    rows, pixels = [batch[i].ids for i in idx], self._pixels([batch[i] for i in idx])
+                    ids, mask = left_pad(rows, pad)
+                    texts = self.umm.sample_text(
+                        ids, mask, pixels, max_tokens, temperature, self.generator, stop_strings, set(stops)
+                    )
+                    for i, row in zip(idx, texts):
+                        reason = "stop" if len(row) < max_tokens or row[-1:] == [self.umm.eos_id] else "length"
+                        out[i] = RequestOutput(batch[i].ids, [Completion(row, finish_reason=reason)])
                 elif kind == "text":  # vLLM stops at EOS and at stop_token_ids, and keeps the stop token
                     lay = self.umm.layout
                     stops, max_tokens, allowed = text
@@ -283,7 +307,8 @@ class UMMRolloutEngine:
                         out[i] = RequestOutput(batch[i].ids, [Completion(row, finish_reason=reason)])
                 elif not self.shapes:  # image tokens of a model of the interface: token id = image_offset + code
                     sampling = SamplingConfig(temperature, max(0, top_k), min_p)
-                    codes = self.umm.sample_rows([batch[i].ids for i in idx], sampling, self.generator)
+                    rows, pixels = [batch[i].ids for i in idx], self._pixels([batch[i] for i in idx])
+                    codes = self.umm.sample_rows(rows, sampling, self.generator, pixel_values=pixels)
                     for i, row in zip(idx, codes):
                         tokens = (row + self.umm.image_offset).tolist()
                         out[i] = RequestOutput(batch[i].ids, [Completion(tokens)])
@@ -297,6 +322,11 @@ class UMMRolloutEngine:
                     for i, row in zip(idx, codes):
                         out[i] = RequestOutput(batch[i].ids, [Completion(lay.tokens(row))])
         return out
+
+    def _pixels(self, reqs):
+        """The understanding encoder's input for the images of `reqs`, in order (None when they show none)."""
+        images = [im for r in reqs for im in r.images]
+        return self.umm.pixel_values(np.stack(images)) if images else None
 
     def _score(self, reqs) -> list[RequestOutput]:
         """vLLM's prompt_logprobs: entry j holds log p(ids[j] | ids[<j]) (None for j = 0); one pass, right-padded."""

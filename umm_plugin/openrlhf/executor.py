@@ -33,18 +33,21 @@ class UMMExecutor(AgentExecutorBase):
             self.umm = getattr(llm_engine, "umm", None) or UMM.from_pretrained(llm_engine.kwargs["model"])
         return self.umm
 
-    async def generate_codes(self, llm_engine, sampling_params, ids: list[int]) -> tuple[list[int], torch.Tensor]:
+    async def generate_codes(
+        self, llm_engine, sampling_params, ids: list[int], images=()
+    ) -> tuple[list[int], torch.Tensor]:
         """One image after `ids`, sampled with the run's top-k/min-p: its token ids and its codes. ShapesWorld's
         image is rows of codes, each ended by <EOL>. Every <EOL> is fed, never sampled: pretraining keeps them out
         of the loss, so the model cannot write them. Our engine feeds them inside one call; on vLLM each row is one
         call over the image vocabulary, the prompt growing by that row and its <EOL> (prefix caching keeps the
-        re-read cheap)."""
+        re-read cheap). `images` (another model): the pixels its understanding placeholders in `ids` show."""
         umm = self.model(llm_engine)
         params = deepcopy(sampling_params)
         params.min_p, params.top_k = self.cfg.sampling.min_p, self.cfg.sampling.top_k or -1
         if not isinstance(umm, UMM):  # another model of the interface (Janus): no <EOL>, token = image_offset + code
             params.max_tokens, params.allowed_token_ids = umm.image_tokens, umm.image_ids
-            tokens = list((await llm_engine.generate(ids, params)).outputs[0].token_ids)
+            mm = {"multi_modal_data": {"image": list(images)}} if len(images) else {}
+            tokens = list((await llm_engine.generate(ids, params, **mm)).outputs[0].token_ids)
             return tokens, torch.tensor(tokens) - umm.image_offset
         lay = umm.layout
         if getattr(llm_engine, "umm", None) is not None:
@@ -59,12 +62,20 @@ class UMMExecutor(AgentExecutorBase):
                 params.seed += 1
         return tokens, lay.codes(tokens)
 
-    async def generate_text(self, llm_engine, sampling_params, ids: list[int], max_tokens: int, stop=()) -> list[int]:
-        """A text turn after `ids` (the text vocabulary only), ending at EOS or a `stop` token, which it keeps."""
+    async def generate_text(
+        self, llm_engine, sampling_params, ids: list[int], max_tokens: int, stop=(), stop_strings=(), images=()
+    ) -> list[int]:
+        """A text turn after `ids` (the text vocabulary only), ending at EOS, a `stop` token or once its text ends
+        with one of `stop_strings` (vLLM's `stop`), which it keeps. `images` as in `generate_codes`."""
+        umm = self.model(llm_engine)
         params = deepcopy(sampling_params)
         params.max_tokens, params.stop_token_ids = max_tokens, list(stop)
-        params.allowed_token_ids = list(range(self.model(llm_engine).layout.image_offset))
-        out = await llm_engine.generate(ids, params)
+        # Another model's engine samples text from its text vocabulary whatever the token set; ShapesWorld's names it.
+        params.allowed_token_ids = list(range(umm.layout.image_offset)) if isinstance(umm, UMM) else None
+        if stop_strings:
+            params.stop, params.include_stop_str_in_output = list(stop_strings), True
+        mm = {"multi_modal_data": {"image": list(images)}} if len(images) else {}
+        out = await llm_engine.generate(ids, params, **mm)
         return list(out.outputs[0].token_ids)
 
     def render(self, llm_engine, sampling_params, codes: torch.Tensor, edit: bool = False):

@@ -89,10 +89,10 @@ def _model_type(model_dir: Path) -> str | None:
 
 
 def check_janus(args, cfg: PluginConfig, ours: bool) -> None:
-    """A Janus actor: GvU or SRUM online on the UMM engine, GenEval-format prompt files (any classes), and LoRA kept
-    to the language model. `--ds.lora.target_modules` names (q_proj, ..., or all-linear) are expanded to the language
-    model's linear layers of those names, so that the SigLIP encoder's q/k/v projections, which share the names,
-    and the image-generation modules stay frozen."""
+    """A Janus actor: GvU, SRUM online or R3 on the UMM engine, GenEval-format prompt files (any classes), and LoRA
+    kept to the language model. `--ds.lora.target_modules` names (q_proj, ..., or all-linear) are expanded to the
+    language model's linear layers of those names, so that the SigLIP encoder's q/k/v projections, which share the
+    names, and the image-generation modules stay frozen."""
     from transformers import AutoConfig, JanusForConditionalGeneration
 
     from umm_plugin.worlds.geneval import load_geneval
@@ -104,11 +104,13 @@ def check_janus(args, cfg: PluginConfig, ours: bool) -> None:
         )
     if cfg.umm.head.rl:
         raise ValueError("--umm.head.rl trains a diffusion head; Janus decodes with its VQ decoder and has none")
-    if args.algo.advantage.estimator not in ("gvu_grpo", "srum_dense"):
+    if args.algo.advantage.estimator not in ("gvu_grpo", "srum_dense", "r3_stage"):
         raise ValueError(
-            f"--algo.advantage.estimator {args.algo.advantage.estimator}: on a Janus model GvU (gvu_grpo) and SRUM "
-            "online (srum_dense) run so far; R3 runs on ShapesWorld models"
+            f"--algo.advantage.estimator {args.algo.advantage.estimator}: on a Janus model GvU (gvu_grpo), SRUM "
+            "online (srum_dense) and R3 (r3_stage) run"
         )
+    if args.algo.advantage.estimator == "r3_stage" and cfg.r3.judge == "evaluator":
+        raise ValueError("--r3.judge evaluator is ShapesWorld's exact checker; on a Janus model use self or openai")
     if args.algo.advantage.estimator == "srum_dense" and cfg.srum.scorer != "prob":
         raise ValueError(f"--srum.scorer {cfg.srum.scorer}: SRUM on a Janus model asks yes/no questions; use prob")
     for path in (args.data.prompt_dataset, args.eval.dataset):

@@ -21,6 +21,13 @@ Judges (`--r3.judge`): `self` asks the model (the engine's current weights, or t
 ShapesWorld's exact checker; `openai` any OpenAI-compatible VLM. V is judged on the codebook render of the tokens
 (the head reproduces it), or with `--umm.head.rl` on the diffusion head's render with Flow-GRPO's one SDE step, the
 image the head is trained on (`executor.render`, `head_policy.py`).
+
+On another model of the interface (Janus; the UMM engine only) with GenEval-format prompt files: the plan and the
+reflection are assistant text after a prefilled "<think>" (`models/janus.py`: `reason_prompt`, `reflect_prompt`);
+the reflection sees the root picture through the model's understanding encoder (its placeholders in the prompt, the
+pixels sent to the engine as `multi_modal_data` and to the actor as `mm_train_inputs` pixel values); Janus cannot
+draw conditioned on an image, so the refine turn draws a new picture from the prompt and the edit instruction with
+the earlier turns in context (`refine_turn`). The `self` judge is the model's yes/no over `geneval_checklist`.
 """
 
 import asyncio
@@ -30,7 +37,7 @@ import numpy as np
 import torch
 
 from umm_plugin.algos.r3 import TreeBuffer
-from umm_plugin.models.umm import ASK, DESCRIBE
+from umm_plugin.models.umm import ASK, DESCRIBE, UMM
 from umm_plugin.openrlhf.executor import UMMExecutor
 from umm_plugin.rewards.openai_judge import OpenAIJudge
 from umm_plugin.rewards.r3 import (
@@ -40,6 +47,7 @@ from umm_plugin.rewards.r3 import (
     correction,
     edit_instruction,
     format_reward,
+    geneval_checklist,
     is_no_edit,
     stage1_rewards,
     stage2_rewards,
@@ -89,19 +97,24 @@ class AgentExecutor(UMMExecutor):
         umm = self.model(llm_engine)
         tok = umm.tokenizer
         ctx = umm.reason_prompt(prompt)
-        end_think, som = tok.convert_tokens_to_ids(["</think>", "<SOM>"])
-        plan = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens, [end_think, som])
+        if isinstance(umm, UMM):
+            end_think, som = tok.convert_tokens_to_ids(["</think>", "<SOM>"])
+            plan = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens, [end_think, som])
+            text = " ".join(tok.convert_ids_to_tokens([t for t in plan if t != som]))
+        else:  # the plan's "<think>" is prefilled (Janus has no thinking tokens); it ends at "</think>"
+            plan = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens, (), ["</think>"])
+            text = "<think>" + tok.decode(plan, skip_special_tokens=True)
         ids = ctx + plan + umm.after_plan(plan)  # a `<SOM>` the model wrote stays part of its plan action
         tokens, codes = await self.generate_codes(llm_engine, sampling_params, ids)
-        pixels, head = self.render(llm_engine, sampling_params, codes)
+        pixels, head = await self.draw(llm_engine, sampling_params, codes)
         v = await self.judge(llm_engine, sampling_params, prompt, codes, pixels, partial=self.r3.score != "binary")
-        f = format_reward(" ".join(tok.convert_ids_to_tokens([t for t in plan if t != som])))
+        f = format_reward(text)
         r = float(stage1_rewards(torch.tensor(v), torch.tensor(f), self.r3.w))
 
         key = id(sampling_params)
         _, _, vs, states = self.groups.setdefault(key, (sampling_params, prompt, [], []))
         vs.append(float(v == 1) if self.r3.score == "staged" else v)
-        states.append({"codes": codes})
+        states.append({"codes": codes, "pixels": pixels})
         observation = ids + tokens
         actions = [(len(ctx), len(ctx) + len(plan)), (len(ids), len(observation))]
         token_rewards = [0.0] * len(observation)
@@ -114,26 +127,37 @@ class AgentExecutor(UMMExecutor):
         umm = self.model(llm_engine)
         tok = umm.tokenizer
         prompt, v_prev, codes = root["prompt"], root["v"], root["codes"]
-        ctx = umm.reflect_prompt(codes, prompt)
-        answer = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens)
-        words = tok.convert_ids_to_tokens([t for t in answer if t != tok.eos_token_id])
-        text = " ".join(words)
+        shapes = isinstance(umm, UMM)
+        # Another model sees the root picture through its understanding encoder: the placeholders in its reflect turn
+        # show it, in the engine (multi_modal_data) and in the actor (pixel values in mm_train_inputs).
+        seen = [] if shapes else [root["pixels"]]
+        ctx = umm.reflect_prompt(codes, prompt) if shapes else umm.reflect_prompt(root["pixels"], prompt)
+        answer = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens, images=seen)
+        if shapes:
+            text = " ".join(tok.convert_ids_to_tokens([t for t in answer if t != tok.eos_token_id]))
+        else:
+            text = "<think>" + tok.decode(answer, skip_special_tokens=True)
         f, stopped = format_reward(text), is_no_edit(text)
         observation = ctx + answer
         actions = [(len(ctx), len(observation))]
         head = None
         if stopped:  # the image is kept: V_new = V_prev, no image action
-            v_new, pixels = v_prev, umm.vq.decode(codes[None])[0]
+            v_new, pixels = v_prev, umm.vq.decode(codes[None])[0] if shapes else root["pixels"]
         else:
             # The refine turn continues the conversation with the edit the reflection asked for.
-            instruction = tok.convert_tokens_to_ids(edit_instruction(text).split())
             end = [] if answer[-1:] == [tok.eos_token_id] else [tok.eos_token_id]
-            ids = observation + end + umm.refine_turn(instruction, codes)
-            tokens, new = await self.generate_codes(llm_engine, sampling_params, ids)
-            pixels, head = self.render(llm_engine, sampling_params, new, edit=True)
+            if shapes:
+                turn = umm.refine_turn(tok.convert_tokens_to_ids(edit_instruction(text).split()), codes)
+            else:  # Janus cannot draw from an image: a new picture from the prompt and the edit (`refine_turn`)
+                turn = umm.refine_turn(prompt, edit_instruction(text))
+            ids = observation + end + turn
+            tokens, new = await self.generate_codes(llm_engine, sampling_params, ids, seen)
+            pixels, head = await self.draw(llm_engine, sampling_params, new, edit=True)
             v_new = await self.judge(llm_engine, sampling_params, prompt, new, pixels, self.r3.score == "checklist")
             actions.append((len(ids), len(ids) + len(tokens)))
             observation = ids + tokens
+        if seen:
+            head = {"pixel_values": umm.pixel_values(np.stack(seen)).float().cpu()}
         c = correction(torch.tensor([v_new]), torch.tensor([v_prev]), [text], self.r3.stop_penalty)
         r = float(stage2_rewards(c, torch.tensor([f]), self.r3.w)[0])
         token_rewards = [0.0] * len(observation)
@@ -152,13 +176,25 @@ class AgentExecutor(UMMExecutor):
             # The stop rate on perfect vs imperfect roots shows whether the reflection tells right from wrong (the
             # overall rate only shows its threshold). Engine curve only: the host wants one key set per step.
             llm_engine.record({f"r3_stop_on_{'perfect' if v_prev == 1 else 'imperfect'}_root": float(stopped)})
-        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}  # head: the SDE step (--umm.head.rl)
+        # mm_train_inputs: the head's SDE step (--umm.head.rl), or the pixel values of the picture another model saw
+        extra = {"token_rewards": token_rewards, "mm_train_inputs": head}
         return self.response(llm_engine, prompt, label, images, observation, actions, pixels, v_new, logs, **extra)
 
+    async def draw(self, llm_engine, sampling_params, codes, edit: bool = False):
+        """(pixels, mm_train_inputs) of one image's codes: `render` for ShapesWorld, the engine's batched VQ decode
+        for another model (no diffusion head)."""
+        if isinstance(self.model(llm_engine), UMM):
+            return self.render(llm_engine, sampling_params, codes, edit)
+        return await llm_engine.decode(codes), None
+
     def evaluate(self, model, log_dir, step, sampling) -> dict:
-        """The engine's evaluation hook: R3 at inference on held-out prompts (`eval.r3_rounds`), rounds grid saved."""
+        """The engine's evaluation hook: R3 at inference on held-out prompts (`eval.r3_rounds`), rounds grid saved.
+        ShapesWorld only: another model's evaluation is the engine's own GenEval-format one."""
         from umm_plugin.eval import r3_rounds, save_rounds
         from umm_plugin.worlds.grammar import make_prompts
+
+        if not isinstance(model, UMM):
+            return {}
 
         log_dir.mkdir(parents=True, exist_ok=True)
         metas = make_prompts(self.cfg.eval.n, "eval", 0)
@@ -179,11 +215,23 @@ class AgentExecutor(UMMExecutor):
             v = await asyncio.to_thread(self.openai.score, prompt, pixels)
         elif self.r3.judge == "evaluator":
             v = checklist_score(parse_prompt(prompt).meta(), detect(pixels).objects)
-        else:
+        elif isinstance(self.model(llm_engine), UMM):
             v = await self.self_judge(llm_engine, sampling_params, prompt, codes)
+        else:
+            v = await self.geneval_judge(llm_engine, prompt, pixels)
         if not math.isfinite(v) or not 0 <= v <= 1:
             raise ValueError(f"R3 judge {self.r3.judge} gave V = {v} for prompt {prompt!r}: it must lie in [0, 1]")
         return v if partial else float(v == 1)
+
+    async def geneval_judge(self, llm_engine, prompt, pixels) -> float:
+        """Another model's own judgement on a GenEval-format line: the share of `geneval_checklist` questions about
+        the picture it answers yes to (p(yes) > p(no)), through the engine's batched yes/no."""
+        meta = llm_engine.prompt_meta.get(prompt)
+        if meta is None:
+            raise ValueError(f"prompt {prompt!r} is in neither the training nor the eval prompt file")
+        questions = geneval_checklist(meta, self.model(llm_engine).ask)
+        values = await asyncio.gather(*[llm_engine.yes_no(pixels, q, **self.judge_kw) for q in questions])
+        return float(np.mean([v > 0 for v in values]))
 
     async def self_judge(self, llm_engine, sampling_params, prompt, codes) -> float:
         """The model's own understanding: its caption names the objects (greedy, with `--r3.caption colours` made to

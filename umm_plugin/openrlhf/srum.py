@@ -182,12 +182,13 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     from umm_plugin.models.diffusion_head import to_pixels
     from umm_plugin.models.generation import continuation_logprobs
     from umm_plugin.models.interface import load_model
-    from umm_plugin.models.umm import UMM
+    from umm_plugin.models.umm import UMM, claim_dir
     from umm_plugin.rewards.srum import overlay
     from umm_plugin.worlds.geneval import load_geneval
     from umm_plugin.worlds.grammar import load_prompts, make_prompts
 
     t0 = time.time()
+    claim_dir(cfg.out)  # before any work: never into a directory of someone else's files
     model = load_model(cfg.model)
     shapes = isinstance(model, UMM)
     if not shapes and (not cfg.prompts or cfg.train == "head"):
@@ -205,7 +206,6 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     rank, world = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.out)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "srum_config.json").write_text(str(dataclasses.asdict(cfg) | dataclasses.asdict(sampling)))
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     metas = [m for m in metas[rank::world] for _ in range(cfg.samples)]

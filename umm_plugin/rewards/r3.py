@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from umm_plugin.models.pretrain import NO_EDIT
+from umm_plugin.rewards.srum import geneval_objects
 from umm_plugin.worlds.evaluator import Detected, check
 from umm_plugin.worlds.grammar import NUMBERS, PromptError, parse_prompt
 from umm_plugin.worlds.scene import COLOR_NAMES
@@ -134,3 +135,12 @@ def caption_objects(caption: str, meta: dict):
     meta = {**meta, "include": [{k: v for k, v in r.items() if k not in drop} for r in meta["include"]]}
     objects = [Detected(g.shape, g.color or "", "", (0, 0, 0, 0), 0) for g in groups for _ in range(g.count)]
     return objects, meta
+
+
+def geneval_checklist(meta: dict, ask: str) -> list[str]:
+    """The `self` judge's questions about a picture for a GenEval-format line (any model of the interface): the
+    line's `yn_question_list` if it has one; else `ask` about each of its objects ("a photo of a red car") and then
+    about the whole prompt (counts and relations), without repeats. V is the share answered yes."""
+    if meta.get("yn_question_list"):
+        return list(meta["yn_question_list"])
+    return [ask.format(prompt=s) for s in dict.fromkeys([*geneval_objects(meta), meta["prompt"]])]
