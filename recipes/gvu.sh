@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     --smoke) SMOKE=1; shift ;;
     --faithful) GVU_FLAGS=(--gvu.include_eos false --gvu.reencode true); shift ;;
     --lora) LORA_RANK=8; shift ;;
-    --steps) STEPS=$2; shift 2 ;;
+    --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
     --) shift; break ;;
     *)
       echo "gvu.sh: unknown option $1 (use --model DIR, --prompts FILE, --smoke, --faithful, --lora, --steps N," \
@@ -41,6 +41,10 @@ while [ $# -gt 0 ]; do
       exit 2 ;;
   esac
 done
+if [ "$SMOKE" = 1 ] && [ -n "${STEPS_SET:-}" ]; then
+  echo "gvu.sh: --smoke runs 2 steps; give --smoke or --steps N, not both" >&2
+  exit 2
+fi
 
 if [ "$SMOKE" = 1 ]; then
   OUT=${UMM_OUT:-runs/gvu_smoke}

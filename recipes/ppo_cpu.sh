@@ -12,16 +12,16 @@
 # ShapesWorld weak base draws almost nothing; `-- --umm.sampling.min_p 0.03` restores their sampler.
 ppo_cpu() {
   local agent estimator
+  if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/.umm-plugin" ]; then
+    echo "output directory $OUT holds files umm-plugin did not write (no .umm-plugin marker); it never overwrites" \
+      "them: set UMM_OUT to a new or empty directory" >&2
+    exit 2
+  fi
   agent=$("$PY" -c "import $1 as m; print(m.__file__)")
   estimator=$2
   shift 2
   if [ $((STEPS % EVAL_STEPS)) != 0 ]; then
     echo "--steps $STEPS must be a multiple of $EVAL_STEPS (the engine evaluates and saves every $EVAL_STEPS)" >&2
-    exit 2
-  fi
-  if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/.umm-plugin" ]; then
-    echo "output directory $OUT holds files umm-plugin did not write (no .umm-plugin marker); it never overwrites" \
-      "them: set UMM_OUT to a new or empty directory" >&2
     exit 2
   fi
   mkdir -p "$OUT" && touch "$OUT/.umm-plugin"

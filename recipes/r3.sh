@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
     --prompts) PROMPT_FILE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     --judge) JUDGE=$2; shift 2 ;;
-    --steps) STEPS=$2; shift 2 ;;
+    --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
     --faithful) R3_FLAGS=(--r3.stop_penalty 0 --r3.p_perfect 0.15); shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --) shift; break ;;
@@ -61,6 +61,10 @@ while [ $# -gt 0 ]; do
        exit 2 ;;
   esac
 done
+if [ "$SMOKE" = 1 ] && [ -n "${STEPS_SET:-}" ]; then
+  echo "r3.sh: --smoke runs 2 steps; give --smoke or --steps N, not both" >&2
+  exit 2
+fi
 NAME=r3_$JUDGE
 if [ "$SMOKE" = 1 ]; then
   NAME=${NAME}_smoke

@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
     --smoke) SMOKE=1; shift ;;
     --offline) OFFLINE=1; shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
-    --steps) STEPS=$2; shift 2 ;;
+    --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
     --) shift; break ;;
     *)
       echo "srum.sh: unknown option $1 (use --model DIR, --prompts FILE, --offline, --smoke, --lora, --steps N," \
@@ -56,6 +56,10 @@ while [ $# -gt 0 ]; do
       exit 2 ;;
   esac
 done
+if [ "$SMOKE" = 1 ] && [ -n "${STEPS_SET:-}" ]; then
+  echo "srum.sh: --smoke runs 2 steps; give --smoke or --steps N, not both" >&2
+  exit 2
+fi
 NAME=srum
 if [ "$OFFLINE" = 1 ]; then NAME=${NAME}_offline; fi
 if [ "$SMOKE" = 1 ]; then NAME=${NAME}_smoke; fi

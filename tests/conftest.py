@@ -5,6 +5,8 @@ import base64
 import io
 import json
 import re
+import socket
+import struct
 import sys
 import threading
 import time
@@ -162,6 +164,12 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
         time.sleep(srv.cfg["sleep"])
+        if srv.cfg.get("resets"):  # close with a TCP reset instead of answering
+            srv.cfg["resets"] -= 1
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
         if self.path != "/v1/chat/completions":
             return self.reply(404, b'{"error": "not found"}')
         if srv.cfg["statuses"]:  # a status, or (status, headers)

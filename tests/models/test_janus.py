@@ -248,3 +248,18 @@ def test_the_rl_view_reads_an_understanding_turn_with_its_pixels(tiny_dir, janus
     assert (swapped - logp)[mask.bool()].abs().max() > 1e-4
     with pytest.raises(ValueError, match="image placeholders but no pixel values"):
         rl(ids, attention_mask=mask)
+
+
+def test_janus_weights_with_nan_are_named_at_load(tiny_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from umm_plugin.models.umm import ModelError
+
+    shutil.copytree(tiny_dir, tmp_path / "j")
+    weights = load_file(tmp_path / "j" / "model.safetensors")
+    weights["model.generation_head.vision_head.weight"][0, 0] = float("inf")
+    save_file(weights, tmp_path / "j" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="weight model.generation_head.vision_head.weight holds NaN or inf"):
+        JanusUMM.from_pretrained(tmp_path / "j")

@@ -109,3 +109,37 @@ def test_from_pretrained_checks_the_backbone_config_before_building_it(tmp_path,
         (tmp_path / name).write_text("")
     with pytest.raises(ModelError, match=message):
         UMM.from_pretrained(tmp_path)
+
+
+def test_save_atomically_replaces_a_model_only_once_the_new_one_is_complete(tmp_path):
+    from umm_plugin.models.umm import save_atomically
+
+    class Writer:  # what save_atomically is given: anything with save_pretrained(path)
+        def __init__(self, text, fail=False):
+            self.text, self.fail = text, fail
+
+        def save_pretrained(self, path):
+            path.mkdir()
+            (path / "weights").write_text(self.text)
+            if self.fail:
+                raise OSError("disk full")
+
+    final = tmp_path / "policy"
+    save_atomically(Writer("one"), final)
+    save_atomically(Writer("two"), final)
+    assert (final / "weights").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    with pytest.raises(OSError, match="disk full"):
+        save_atomically(Writer("three", fail=True), final)
+    assert (final / "weights").read_text() == "two"  # a failed save never touches the last good one
+
+
+def test_weights_with_nan_are_named_at_load(tiny_umm, tmp_path):
+    tiny_umm.save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in weights if k.endswith("mlp.up_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=f"weight {name} holds NaN or inf"):
+        UMM.from_pretrained(tmp_path)

@@ -4,6 +4,7 @@ import json
 import re
 import socket
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -134,6 +135,27 @@ def test_429_waits_its_retry_after_then_succeeds(server, scene):
     with pytest.raises(JudgeError, match="HTTP 429 after 1 attempts"):
         OpenAIJudge(server.url, "m", retries=3).score(scene[0], scene[1])
     assert len(server.requests) == 1
+
+
+def test_a_reset_connection_is_retried(server, scene):
+    server.cfg["resets"] = 1
+    assert OpenAIJudge(server.url, "m", retries=1, backoff=0.01).score(scene[0], scene[1]) == 1.0
+    assert len(server.requests) == 2
+    server.cfg["resets"] = 2
+    with pytest.raises(JudgeError, match="unreachable after 2 attempts"):
+        OpenAIJudge(server.url, "m", retries=1, backoff=0.01).score(scene[0], scene[1])
+
+
+def test_a_key_over_plain_http_to_another_host_is_warned_about(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.warns(UserWarning, match="API key .* plain http to judge.example.com"):
+        OpenAIJudge("http://judge.example.com/v1", "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OpenAIJudge("http://127.0.0.1:8000/v1", "m")  # loopback: the key never leaves the machine
+        OpenAIJudge("https://judge.example.com/v1", "m")
+        monkeypatch.delenv("OPENAI_API_KEY")
+        OpenAIJudge("http://judge.example.com/v1", "m")  # no key to leak
 
 
 def test_a_reply_trickled_past_the_timeout_is_not_accepted(server, scene):

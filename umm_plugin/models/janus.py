@@ -89,6 +89,8 @@ class JanusUMM:
         Auto class maps Janus to the actor's RL view (`janus_for_rl_class`)."""
         from transformers import AutoConfig, AutoProcessor, JanusForConditionalGeneration
 
+        from umm_plugin.models.umm import check_finite
+
         if not Path(path).is_dir():
             raise FileNotFoundError(
                 f"Janus model directory {path} not found (a tiny one: umm-plugin janus tiny --out DIR)"
@@ -97,6 +99,7 @@ class JanusUMM:
         if kind != "janus":
             raise ValueError(f"{path} holds a {kind!r} model, not a Janus checkpoint")
         model = JanusForConditionalGeneration.from_pretrained(path, **kwargs).eval()
+        check_finite(model, path)
         return cls(model, AutoProcessor.from_pretrained(path))
 
     def save_pretrained(self, path) -> None:

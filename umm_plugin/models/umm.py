@@ -14,6 +14,8 @@ edge onto the next row's left edge (a quarter of the weak base's samples did, an
 """
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,35 @@ def claim_dir(path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).touch()
     return path
+
+
+def check_finite(module: torch.nn.Module, path) -> None:
+    """Refuse weights holding NaN or inf at load, naming the tensor (they would only surface as a sampling error)."""
+    for name, p in module.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ModelError(
+                f"{path}: weight {name} holds NaN or inf; the checkpoint is corrupt (save or train it again)"
+            )
+
+
+def save_atomically(model, final) -> Path:
+    """`model.save_pretrained` into `final` so that a kill at any moment leaves a complete model there or beside it:
+    written to `.<name>.tmp` and synced to disk, the old one renamed to `.<name>.old`, the new one renamed into
+    place, then the old one deleted (never deleted first)."""
+    final = Path(final)
+    tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def image_code_token(code: int) -> str:
@@ -367,6 +398,8 @@ class UMM:
             except Exception as e:  # a corrupt or partial file anywhere: name the part, not a torch frame
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelError(f"cannot load the {name} from {path}: {first}") from None
+        check_finite(parts["backbone"], path)
+        check_finite(parts["diffusion_head"], path / "diffusion_head")
         model = cls(
             parts["backbone"],
             parts["tokenizer"],

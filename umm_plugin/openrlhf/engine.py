@@ -26,8 +26,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ import torch.nn.functional as F
 
 from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text, left_pad
 from umm_plugin.models.interface import load_model
-from umm_plugin.models.umm import UMM
+from umm_plugin.models.umm import UMM, save_atomically
 
 BATCH_WINDOW_S = 0.005  # how long a first request waits for others to join its batch
 GRID = 8  # the first eval prompts, drawn at every evaluation
@@ -446,11 +444,7 @@ class UMMRolloutEngine:
         save_grid(images[:GRID], caption, self.log_dir / f"grid_{self.syncs:05d}.png")
         (self.log_dir / "grid_prompts.txt").write_text("\n".join(prompts) + "\n")
         append_curve(self.log_dir, row)
-        tmp, final = self.log_dir / ".policy.tmp", self.log_dir / "policy"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)  # complete before it replaces the last one: never a half-written checkpoint
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        save_atomically(model, self.log_dir / "policy")  # never a half-written checkpoint, never none
         row["eval_seconds"] = round(time.time() - t0, 1)
         return row
 

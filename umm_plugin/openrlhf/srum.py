@@ -19,7 +19,6 @@ evaluation is its own GvU reward and yes/no checks on the first `--eval-n` train
 
 import dataclasses
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -182,7 +181,7 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     from umm_plugin.models.diffusion_head import to_pixels
     from umm_plugin.models.generation import continuation_logprobs
     from umm_plugin.models.interface import load_model
-    from umm_plugin.models.umm import UMM, claim_dir
+    from umm_plugin.models.umm import UMM, claim_dir, save_atomically
     from umm_plugin.rewards.srum import overlay
     from umm_plugin.worlds.geneval import load_geneval
     from umm_plugin.worlds.grammar import load_prompts, make_prompts
@@ -282,11 +281,7 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     if rank == 0:
         for name in trained:
             parts[name].eval()
-        tmp, final = out / ".model.tmp", out / "model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)  # complete before it replaces the last one: never a half-written model
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        final = save_atomically(model, out / "model")  # never a half-written model, never none
         log(f"saved {final} ({time.time() - t0:.0f}s)")
     dist.barrier()
     return rows[-1] if rows else {}

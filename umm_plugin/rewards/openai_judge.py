@@ -4,8 +4,9 @@ The authors serve Qwen2.5-VL-72B behind such a server; any URL that speaks the p
 Unlike the authors' judge prompt, we ask one fixed question (`QUESTION`) for a bare number in [0, 1]. The answer
 contract is strict (`parse_score`): the whole answer is one number, or a JSON object with a numeric "score", or its
 last line is "Score: x"; anything else is a `JudgeError` quoting the reply, never a silent or misread score. HTTP
-429 (after its Retry-After) and 5xx are retried; `timeout` bounds each attempt as a whole, a slowly trickled reply
-included.
+429 (after its Retry-After), 5xx and dropped connections are retried; `timeout` bounds each attempt as a whole, a
+slowly trickled reply included (why not the `openai` client: its httpx timeouts bound each read, not the request). An
+API key (`api_key`, else OPENAI_API_KEY) bound for a non-loopback host over plain http is warned about.
 """
 
 import base64
@@ -16,7 +17,9 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +63,10 @@ class OpenAIJudge:
             raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        key = self.api_key or os.environ.get("OPENAI_API_KEY")
+        if key and self.url.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+            warnings.warn(f"the API key would travel over plain http to {host}: use an https:// URL", stacklevel=2)
 
     @property
     def endpoint(self) -> str:
