@@ -117,7 +117,9 @@ def test_janus_check_refuses_what_does_not_run_on_janus(tiny_janus_dir, capsys, 
 
 def test_janus_check_names_the_bad_line_of_a_real_prompt_file(tiny_janus_dir, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"tag": "single_object", "include": [{"class": "stop sign", "count": 1}], "prompt": "a"}\n7\n')
+    prompts.write_text(
+        '{"tag": "single_object", "include": [{"class": "stop sign", "count": 1}], "prompt": "a stop sign"}\n7\n'
+    )
     with pytest.raises(SystemExit):
         _driver(
             [

@@ -178,6 +178,17 @@ BIG = "x" * 100_000
             'include[0].count: must be an int >= 1, got "' + "x" * 78 + "…",
             id="100KB-count",
         ),
+        pytest.param(
+            json.dumps({"tag": "t", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a cat"}),
+            'include[0].class: "dog" does not appear in the prompt "a photo of a cat"; the metadata must describe '
+            "the prompt",
+            id="class-not-in-prompt",
+        ),
+        pytest.param(
+            json.dumps({"tag": "t", "include": [{"class": "dog", "count": 1, "color": "red"}], "prompt": "a dog"}),
+            'include[0].color: "red" does not appear in the prompt "a dog"',
+            id="colour-not-in-prompt",
+        ),
     ],
 )
 def test_malformed_lines_give_one_short_error_naming_file_line_and_field(tmp_path, line, msg):
@@ -238,3 +249,13 @@ def test_shapesworld_loader_checks_structure_first_and_keeps_long_prompts_short(
         with pytest.raises(PromptError) as err:
             load_prompts(path)
         assert str(err.value).startswith(f"{path}:2: {msg}") and len(str(err.value)) < 600
+
+
+def test_metadata_is_checked_against_the_prompt_with_irregular_plurals(tmp_path):
+    lines = [
+        {"tag": "counting", "include": [{"class": "person", "count": 3}], "prompt": "a photo of three people"},
+        {"tag": "counting", "include": [{"class": "mouse", "count": 2}], "prompt": "a photo of two Mice"},
+        {"tag": "colors", "include": [{"class": "bus", "count": 2, "color": "Red"}], "prompt": "two red buses"},
+    ]
+    path = write(tmp_path / "p.jsonl", [json.dumps(rec) for rec in lines])
+    assert [m["prompt"] for m in load_geneval(path)] == [rec["prompt"] for rec in lines]

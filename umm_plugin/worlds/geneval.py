@@ -22,6 +22,7 @@ RELATIONS = ("left of", "right of", "above", "below")  # GenEval's `position` re
 MAX_COUNT = 16  # objects of one class in one image; GenEval asks for at most 4
 MAX_SHOWN = 80  # characters of a bad value quoted in a message
 ENTRY = '{"class": "dog", "count": 1}'
+IRREGULAR = {"person": "people", "mouse": "mice", "knife": "knives"}  # COCO classes whose plural does not contain them
 
 
 def shorten(value) -> str:
@@ -125,6 +126,23 @@ def check_record(rec, require_tag: bool = True) -> dict:
     return rec
 
 
+def check_described(rec: dict) -> None:
+    """The metadata must describe its prompt: each include entry's class (or its irregular plural) and colour appear
+    in the prompt text (case-insensitive). A world's own check, which parses its prompts, replaces this one."""
+    text = rec["prompt"].lower()
+    for i, entry in enumerate(rec["include"]):
+        name = entry["class"].lower()
+        if name not in text and IRREGULAR.get(name, name) not in text:
+            raise PromptError(
+                f"include[{i}].class: {shorten(entry['class'])} does not appear in the prompt "
+                f"{shorten(rec['prompt'])}; the metadata must describe the prompt"
+            )
+        if _is_text(entry.get("color")) and entry["color"].lower() not in text:
+            raise PromptError(
+                f"include[{i}].color: {shorten(entry['color'])} does not appear in the prompt {shorten(rec['prompt'])}"
+            )
+
+
 def _lines(path: Path):
     """(where, text) for each line of a UTF-8 file; blank lines, bad bytes and an empty file are errors."""
     if not path.is_file():
@@ -154,7 +172,8 @@ def load_geneval(path, check_world=None, *, require_tag: bool = True) -> list[di
     GENEVAL_TAGS are GenEval's six categories, but any non-empty tag is accepted (GenEval++, T2I-CompBench and
     others add their own); the tag is the label per-category rewards and results are kept by. `check_world(rec)`,
     if given, runs after the structural checks on each record, may fill in fields, and raises
-    `PromptError("field: problem")` for what its world cannot draw; the file and line are added here. With
+    `PromptError("field: problem")` for what its world cannot draw, else `check_described` checks the metadata
+    against the prompt text; the file and line are added here. With
     `require_tag=False` a line may leave the tag out for `check_world` to fill in.
     """
     path = Path(path)
@@ -168,8 +187,7 @@ def load_geneval(path, check_world=None, *, require_tag: bool = True) -> list[di
             raise PromptError(f"{where}: not valid JSON ({shorten(str(e) or type(e).__name__)})") from None
         try:
             check_record(rec, require_tag)
-            if check_world is not None:
-                check_world(rec)
+            (check_world or check_described)(rec)
         except PromptError as e:
             raise PromptError(f"{where}: {e}") from None
         out.append(rec)
