@@ -75,3 +75,5 @@ def test_eval_cli_on_a_janus_directory_writes_the_grid_and_report(tiny_janus_dir
     assert json.loads((tmp_path / "report.json").read_text())["by_tag"]["overall"]["n"] == 3
     run = subprocess.run(cmd[:6], capture_output=True, text=True)  # no --prompts for a real model
     assert run.returncode == 2 and "--prompts FILE (GenEval JSONL) goes with a real model" in run.stderr
+    run = subprocess.run(cmd + ["--rounds", "2"], capture_output=True, text=True)  # never silently dropped
+    assert run.returncode == 2 and "--rounds (R3 at inference) runs on ShapesWorld models only" in run.stderr

@@ -250,6 +250,8 @@ def run(args) -> None:
                     "--prompts FILE (GenEval JSONL) goes with a real model; ShapesWorld models are evaluated on their "
                     "own held-out split (leave out --prompts)"
                 )
+            if args.rounds:
+                raise ValueError("--rounds (R3 at inference) runs on ShapesWorld models only so far; leave it out")
             report, images = evaluate_geneval(model, metas, sampling, args.seed)
             save_grid(images[:16], f"{args.model}: first {min(16, len(images))} prompts", args.grid)
             report["seconds"] = round(time.time() - t0, 1)
