@@ -220,3 +220,38 @@ def test_plan_rows_are_the_plan_alone_for_the_prompt_asked(vq, share, expected):
 def test_config_checks(bad):
     with pytest.raises(ValueError):
         PretrainConfig(out="x", **bad)
+
+
+@pytest.mark.slow
+def test_pretraining_killed_and_run_again_resumes_to_the_same_bytes(tmp_path):
+    """SIGKILL after a checkpoint, then the same command: it resumes (weights, optimizer, schedule, every random
+    state, own samples) and writes byte-identical weights and the same log as an uninterrupted run."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "umm_plugin.cli", "shapes", "pretrain", "--steps", "60", "--batch-size", "8"]
+    cmd += ["--hidden", "32", "--layers", "1", "--head-steps", "2", "--tokenizer-scenes", "100", "--threads", "1"]
+    cmd += ["--own-samples-from", "0.5", "--checkpoint-every", "10"]
+    subprocess.run([*cmd, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
+    killed = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = tmp_path / "killed" / "pretrain_checkpoint.pt"
+    while not checkpoint.exists() and killed.poll() is None:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()  # killed mid-training
+    other = subprocess.run(
+        [*cmd[:6], "61", *cmd[7:], "--out", str(tmp_path / "killed")], capture_output=True, text=True
+    )
+    assert other.returncode == 2 and "written by a pretraining with other settings (steps)" in other.stderr
+    again = subprocess.run([*cmd, "--out", str(tmp_path / "killed")], capture_output=True, text=True)
+    assert again.returncode == 0 and "resumed" in again.stdout and "at backbone step 10" in again.stdout
+    for name in ("model.safetensors", "diffusion_head/diffusion_pytorch_model.safetensors"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
+    rows = [
+        [json.loads(r)["step"] for r in (tmp_path / d / "pretrain_log.jsonl").read_text().splitlines()]
+        for d in ("whole", "killed")
+    ]
+    assert rows[0] == rows[1] and not checkpoint.exists()  # the checkpoint goes once the model is saved

@@ -14,6 +14,7 @@ weak base (understanding well ahead of generation), `regular` a stronger generat
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from umm_plugin.models.diffusion_head import flow_matching_loss
 from umm_plugin.models.generation import generate_image_tokens
-from umm_plugin.models.umm import ASK, DESCRIBE, UMM, claim_dir
+from umm_plugin.models.umm import ASK, DESCRIBE, UMM, ModelError, claim_dir
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.evaluator import check, detect
 from umm_plugin.worlds.grammar import (
@@ -53,6 +54,7 @@ NO_EDIT = "no further edit needed"
 GAPS = {"weak": 0.25, "regular": 0.5}  # generation share of each batch
 MICRO_TOKENS = 1600  # padded tokens per micro-batch (16 rows of a typical 100)
 OWN_EVERY = 10  # steps between refreshes of the pool of the model's own samples
+CHECKPOINT = "pretrain_checkpoint.pt"  # in --out while the backbone trains; removed once the model is saved
 
 
 @dataclass
@@ -111,11 +113,18 @@ class PretrainConfig:
     head_steps: int = field(default=100, metadata={"help": "Diffusion-head flow-matching steps."})
     tokenizer_scenes: int = field(default=2000, metadata={"help": "Scenes the visual tokenizer's codebook is fit on."})
     threads: int = field(default=0, metadata={"help": "torch threads; 0 keeps torch's default."})
+    checkpoint_every: int = field(
+        default=100,
+        metadata={
+            "help": "Backbone steps between checkpoints (pretrain_checkpoint.pt in --out); the same command run again "
+            "after a kill resumes from the last one."
+        },
+    )
 
     def __post_init__(self):
         if self.gap not in GAPS:
             raise ValueError(f"gap={self.gap!r}: use one of {', '.join(GAPS)}")
-        for name in ("steps", "batch_size", "hidden", "layers", "tokenizer_scenes"):
+        for name in ("steps", "batch_size", "hidden", "layers", "tokenizer_scenes", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
         for name in ("own_samples_from", "own_share", "imperfect_share", "judge_pairs"):
@@ -407,6 +416,38 @@ def lm_loss(backbone, rows) -> torch.Tensor:
     return ((nll * w).sum(1) / w.sum(1)).mean()
 
 
+def _resumable(cfg: PretrainConfig) -> dict:
+    """The settings a checkpoint must agree on to be resumed (where it is written and how many threads run aside)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}
+
+
+def resume(out, cfg: PretrainConfig, bb, opt, sched, rng, batcher) -> int:
+    """Restore the backbone phase from `out`'s checkpoint, if any: weights, optimizer, schedule, every random state
+    and the own samples; returns the step to continue at (0 without a checkpoint). The log keeps the rows before it.
+    The file is pickled by torch.save: load only checkpoints this function's `pretrain` wrote."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return 0
+    state = torch.load(path, weights_only=False)
+    if state["config"] != _resumable(cfg):
+        changed = sorted(k for k in state["config"] if state["config"][k] != _resumable(cfg).get(k))
+        raise ModelError(
+            f"{path} was written by a pretraining with other settings ({', '.join(changed)}): rerun with those, or "
+            "pretrain into a new --out"
+        )
+    bb.load_state_dict(state["backbone"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    batcher.own, batcher.too_crowded = state["own"], state["too_crowded"]
+    log = out / "pretrain_log.jsonl"
+    rows = log.read_text().splitlines() if log.is_file() else []
+    keep = [r for r in rows if json.loads(r)["part"] == "backbone" and json.loads(r)["step"] <= state["step"]]
+    log.write_text("".join(r + "\n" for r in keep))
+    return state["step"] + 1
+
+
 def pretrain(cfg: PretrainConfig, log=print) -> UMM:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -436,9 +477,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
     )
-    logf = open(out / "pretrain_log.jsonl", "w")
+    start = resume(out, cfg, bb, opt, sched, rng, batcher)
+    if start:
+        log(f"resumed {out} at backbone step {start}")
+    logf = open(out / "pretrain_log.jsonl", "a" if start else "w")
     own_from = int(cfg.steps * cfg.own_samples_from)
-    bar = tqdm(range(cfg.steps), desc="backbone", mininterval=2)
+    bar = tqdm(range(start, cfg.steps), desc="backbone", mininterval=2, initial=start, total=cfg.steps)
     for step in bar:
         if step >= own_from and (step - own_from) % OWN_EVERY == 0:
             bb.eval()
@@ -456,6 +500,26 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
         sched.step()
         bar.set_postfix(loss=f"{loss:.3f}")
         logf.write(json.dumps({"part": "backbone", "step": step, "loss": loss, "time": time.time() - t0}) + "\n")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            logf.flush()
+            state = {
+                "config": _resumable(cfg),
+                "step": step,
+                "backbone": bb.state_dict(),
+                "optimizer": opt.state_dict(),
+            }
+            state |= {
+                "scheduler": sched.state_dict(),
+                "numpy": rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+            }
+            state |= {"own": batcher.own, "too_crowded": batcher.too_crowded}
+            tmp = out / f".{CHECKPOINT}.tmp"
+            with open(tmp, "wb") as f:  # written beside, synced, renamed: a kill leaves the last complete one
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out / CHECKPOINT)
     bb.eval()
 
     # 3. diffusion head: flow matching on codebook renders
@@ -474,5 +538,6 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
     logf.close()
     model.save_pretrained(out)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    (out / CHECKPOINT).unlink(missing_ok=True)
     log(f"saved {out} after {time.time() - t0:.0f}s ({batcher.too_crowded} own samples too crowded to caption)")
     return model
