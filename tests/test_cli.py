@@ -66,15 +66,6 @@ RED = "a photo of a red circle"
         (["eval", "--model", "/nonexistent/model"], "model directory /nonexistent/model not found"),
         (["eval", "--model", "{corrupt}"], "cannot load the backbone"),
         (["shapes", "pretrain", "--out", "x", "--gap", "huge"], "gap='huge'"),
-        (["generate", "--model", "{m}", "--prompt", RED, "--n", "0"], "argument --n: 0 must be at least 1"),
-        (["generate", "--model", "{m}", "--prompt", RED, "--min-p", "2"], "min_p 2.0 must lie in [0, 1]"),
-        (["generate", "--model", "{m}", "--prompt", RED, "--top-k", "-1"], "top_k -1 must be >= 0"),
-        (["generate", "--model", "{m}", "--prompt", RED, "--temperature", "-1"], "temperature -1.0 must be >="),
-        (["eval", "--model", "{m}", "--rounds", "-1"], "argument --rounds: -1 must be at least 0"),
-        (["eval", "--model", "{m}", "--n", "0"], "argument --n: 0 must be at least 1"),
-        (["shapes", "prompts", "--n", "-5", "--out", "p.jsonl"], "argument --n: -5 must be at least 1"),
-        (["shapes", "check", "--n", "zero"], "argument --n: 'zero' is not an integer"),
-        (["srum", "--model", "{m}", "--out", "x", "--steps", "3"], "unrecognized arguments: --steps 3"),  # no usage
     ],
 )
 def test_bad_input_is_one_line_not_a_stack_trace(pretrained_dir, tmp_path, args, msg):
@@ -89,6 +80,27 @@ def test_bad_input_is_one_line_not_a_stack_trace(pretrained_dir, tmp_path, args,
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and msg in lines[0], r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["generate", "--model", "{m}", "--prompt", RED, "--n", "0"], "argument --n: 0 must be at least 1"),
+        (["generate", "--model", "{m}", "--prompt", RED, "--min-p", "2"], "min_p 2.0 must lie in [0, 1]"),
+        (["generate", "--model", "{m}", "--prompt", RED, "--top-k", "-1"], "top_k -1 must be >= 0"),
+        (["generate", "--model", "{m}", "--prompt", RED, "--temperature", "-1"], "temperature -1.0 must be >="),
+        (["eval", "--model", "{m}", "--rounds", "-1"], "argument --rounds: -1 must be at least 0"),
+        (["eval", "--model", "{m}", "--n", "0"], "argument --n: 0 must be at least 1"),
+        (["shapes", "prompts", "--n", "-5", "--out", "p.jsonl"], "argument --n: -5 must be at least 1"),
+        (["shapes", "check", "--n", "zero"], "argument --n: 'zero' is not an integer"),
+        (["srum", "--model", "{m}", "--out", "x", "--steps", "3"], "unrecognized arguments: --steps 3"),  # no usage
+    ],
+)
+def test_bad_option_values_are_one_line_before_any_work(pretrained_dir, args, msg, capsys):
+    with pytest.raises(SystemExit) as e:  # in-process: argparse and the config checks, before a model is loaded
+        main([a.format(m=pretrained_dir) for a in args])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and msg in lines[0], lines
 
 
 def test_prompts_cycle_through_the_chosen_categories_only(tmp_path):
@@ -115,13 +127,14 @@ def test_prompts_cycle_through_the_chosen_categories_only(tmp_path):
         ["srum", "--model", "/nonexistent/model", "--out", "{d}"],
     ],
 )
-def test_outputs_never_overwrite_a_directory_of_someone_elses_files(tmp_path, args):
+def test_outputs_never_overwrite_a_directory_of_someone_elses_files(tmp_path, args, capsys):
     user = tmp_path / "gpt2"  # a user's model directory
     user.mkdir()
     files = {"config.json": b'{"model_type": "gpt2"}', "model.safetensors": b"weights"}
     for name, data in files.items():
         (user / name).write_bytes(data)
-    r = cli(*[a.format(d=user) for a in args])
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and "holds files umm-plugin did not write" in lines[0], r.stderr
+    with pytest.raises(SystemExit) as e:
+        main([a.format(d=user) for a in args])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and "holds files umm-plugin did not write" in lines[0], lines
     assert {p.name: p.read_bytes() for p in user.iterdir()} == files

@@ -17,9 +17,11 @@ held-out ShapesWorld prompts (plus the executor's own `evaluate`, if it has one)
 directory.
 
 A Janus directory (`models/janus.py`) is served the same way for image tokens (token id = image_offset + code, the
-actor's RL view) plus three more calls, batched like `generate`: `text_logprobs` (decode codes, score a text given
-the pixels: GvU's judge), `decode` and `yes_no` (SRUM's judge); its evaluation is `eval.evaluate_geneval` on the
-run's eval (else training) prompts, and its `policy/` a Janus checkpoint.
+actor's RL view) and text turns (its text vocabulary, stop strings as vLLM's `stop`), both taking the pictures their
+understanding placeholders show as `multi_modal_data={"image": [...]}` (R3's reflect and refine turns), plus three
+more calls, batched like `generate`: `text_logprobs` (decode codes, score a text given the pixels: GvU's judge),
+`decode` and `yes_no` (SRUM's and R3's judges); its evaluation is `eval.evaluate_geneval` on the run's eval (else
+training) prompts, and its `policy/` a Janus checkpoint.
 """
 
 import asyncio
