@@ -442,9 +442,10 @@ def resume(out, cfg: PretrainConfig, bb, opt, sched, rng, batcher) -> int:
     torch.set_rng_state(state["torch"])
     batcher.own, batcher.too_crowded = state["own"], state["too_crowded"]
     log = out / "pretrain_log.jsonl"
-    rows = log.read_text().splitlines() if log.is_file() else []
-    keep = [r for r in rows if json.loads(r)["part"] == "backbone" and json.loads(r)["step"] <= state["step"]]
-    log.write_text("".join(r + "\n" for r in keep))
+    rows = [json.loads(r) for r in log.read_text().splitlines()] if log.is_file() else []
+    log.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["part"] == "backbone" and r["step"] <= state["step"])
+    )
     return state["step"] + 1
 
 
@@ -502,18 +503,9 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
         logf.write(json.dumps({"part": "backbone", "step": step, "loss": loss, "time": time.time() - t0}) + "\n")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             logf.flush()
-            state = {
-                "config": _resumable(cfg),
-                "step": step,
-                "backbone": bb.state_dict(),
-                "optimizer": opt.state_dict(),
-            }
-            state |= {
-                "scheduler": sched.state_dict(),
-                "numpy": rng.bit_generator.state,
-                "torch": torch.get_rng_state(),
-            }
-            state |= {"own": batcher.own, "too_crowded": batcher.too_crowded}
+            state = dict(config=_resumable(cfg), step=step, backbone=bb.state_dict(), optimizer=opt.state_dict())
+            state.update(scheduler=sched.state_dict(), numpy=rng.bit_generator.state, torch=torch.get_rng_state())
+            state.update(own=batcher.own, too_crowded=batcher.too_crowded)
             tmp = out / f".{CHECKPOINT}.tmp"
             with open(tmp, "wb") as f:  # written beside, synced, renamed: a kill leaves the last complete one
                 torch.save(state, f)

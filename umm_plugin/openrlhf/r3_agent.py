@@ -131,7 +131,7 @@ class AgentExecutor(UMMExecutor):
         # Another model sees the root picture through its understanding encoder: the placeholders in its reflect turn
         # show it, in the engine (multi_modal_data) and in the actor (pixel values in mm_train_inputs).
         seen = [] if shapes else [root["pixels"]]
-        ctx = umm.reflect_prompt(codes, prompt) if shapes else umm.reflect_prompt(root["pixels"], prompt)
+        ctx = umm.reflect_prompt(codes if shapes else root["pixels"], prompt)
         answer = await self.generate_text(llm_engine, sampling_params, ctx, self.r3.text_tokens, images=seen)
         if shapes:
             text = " ".join(tok.convert_ids_to_tokens([t for t in answer if t != tok.eos_token_id]))
