@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GvU (token-level intrinsic reward + GRPO) on the ShapesWorld weak base, through OpenRLHF's real train_ppo_ray.
 #
-#   bash recipes/gvu.sh [--model DIR] [--prompts FILE] [--smoke] [--faithful] [--lora] [--steps N] [-- extra flags]
+#   bash recipes/gvu.sh [--model DIR] [--prompts FILE] [--smoke] [--resume|--overwrite] [--faithful] [--lora]
+#                       [--steps N] [-- extra flags]
 #
 # CPU by default (shared flags in recipes/ppo_cpu.sh). Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the
 # weak base, pretrained if missing: runs/shapes-weak), UMM_OUT (run dir: runs/gvu, or runs/gvu_smoke with --smoke).
@@ -31,12 +32,15 @@ while [ $# -gt 0 ]; do
     --model) BASE=$2; MODEL=$2; shift 2 ;;
     --prompts) PROMPT_FILE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
+    --resume) RESUME=1; shift ;;
+    --overwrite) OVERWRITE=1; shift ;;
     --faithful) GVU_FLAGS=(--gvu.include_eos false --gvu.reencode true); shift ;;
     --lora) LORA_RANK=8; shift ;;
     --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
     --) shift; break ;;
     *)
-      echo "gvu.sh: unknown option $1 (use --model DIR, --prompts FILE, --smoke, --faithful, --lora, --steps N," \
+      echo "gvu.sh: unknown option $1 (use --model DIR, --prompts FILE, --smoke, --resume, --overwrite," \
+        "--faithful, --lora, --steps N," \
         "-- extra flags)" >&2
       exit 2 ;;
   esac
@@ -48,7 +52,7 @@ fi
 
 if [ "$SMOKE" = 1 ]; then
   OUT=${UMM_OUT:-runs/gvu_smoke}
-  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=16
+  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=16; SAVE_STEPS=1
 else
   OUT=${UMM_OUT:-runs/gvu}
   PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=400

@@ -7,16 +7,38 @@
 # flags) and PRETRAIN_FLAGS; pretrains the weak base (with PRETRAIN_FLAGS) if BASE has none. MODEL (a recipe's
 # --model) names another model directory, never pretrained; PROMPT_FILE (--prompts) a GenEval-format prompt file
 # used instead of generated ShapesWorld prompts.
+# Checkpoints (OpenRLHF's DeepSpeed checkpoint of actor, optimizer, scheduler and prompt position, plus the engine's
+# state) go to $OUT/ckpt every SAVE_STEPS steps (default EVAL_STEPS), the last two kept. A used $OUT is refused
+# unless RESUME=1 (the recipes' --resume: continue from the last checkpoint) or OVERWRITE=1 (--overwrite: delete it).
 # On GPUs drop --ds.device, --ds.param_dtype fp32 and --vllm.sync_backend gloo.
 # Image tokens are sampled at plain T 1 (the plugin's default min-p 0): under the GvU authors' min-p 0.03 the
 # ShapesWorld weak base draws almost nothing; `-- --umm.sampling.min_p 0.03` restores their sampler.
 ppo_cpu() {
-  local agent estimator
-  if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/.umm-plugin" ]; then
-    echo "output directory $OUT holds files umm-plugin did not write (no .umm-plugin marker); it never overwrites" \
-      "them: set UMM_OUT to a new or empty directory" >&2
+  local agent estimator resume=()
+  if [ "${RESUME:-0}" = 1 ] && [ "${OVERWRITE:-0}" = 1 ]; then
+    echo "give --resume (continue the run in $OUT) or --overwrite (start it again), not both" >&2
     exit 2
   fi
+  if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then
+    if [ ! -f "$OUT/.umm-plugin" ]; then
+      echo "output directory $OUT holds files umm-plugin did not write (no .umm-plugin marker); it never overwrites" \
+        "them: set UMM_OUT to a new or empty directory" >&2
+      exit 2
+    elif [ "${RESUME:-0}" = 1 ] && [ ! -f "$OUT/ckpt/_actor/latest" ]; then
+      echo "nothing to resume in $OUT: it holds no checkpoint yet; start again with --overwrite" >&2
+      exit 2
+    elif [ "${OVERWRITE:-0}" = 1 ]; then
+      rm -rf "$OUT"
+    elif [ "${RESUME:-0}" != 1 ]; then
+      echo "output directory $OUT holds an earlier run: --resume continues it from its last checkpoint," \
+        "--overwrite deletes it and starts again" >&2
+      exit 2
+    fi
+  elif [ "${RESUME:-0}" = 1 ]; then
+    echo "nothing to resume in $OUT: it holds no run; leave out --resume" >&2
+    exit 2
+  fi
+  if [ "${RESUME:-0}" = 1 ]; then resume=(--ckpt.load_enable); fi
   agent=$("$PY" -c "import $1 as m; print(m.__file__)")
   estimator=$2
   shift 2
@@ -56,7 +78,8 @@ ppo_cpu() {
     --ds.lora.target_modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj \
     --umm.judge.weights policy --umm.threads 2 \
     --umm.eval.steps $EVAL_STEPS --umm.eval.n $EVAL_N --umm.log_dir "$OUT" \
-    --ckpt.output_dir "$OUT/actor" --ckpt.path "$OUT/ckpt" --ckpt.save_steps -1 \
+    --ckpt.output_dir "$OUT/actor" --ckpt.path "$OUT/ckpt" --ckpt.save_steps "${SAVE_STEPS:-$EVAL_STEPS}" \
+    --ckpt.max_num 2 "${resume[@]}" \
     --logger.logging_steps 1 --logger.jsonl_path "$OUT/metrics.jsonl" --train.seed 0 \
     "$@"
   echo "metrics: $OUT/metrics.jsonl  curve: $OUT/curve.csv  grids: $OUT/grid_*.png  policy: $OUT/policy"

@@ -2,8 +2,8 @@
 # R3 (reason -> generate -> reflect -> refine, tree-structured stage-wise GRPO) on the ShapesWorld weak base, through
 # OpenRLHF's real train_ppo_ray.
 #
-#   bash recipes/r3.sh [--model DIR] [--prompts FILE] [--judge self|evaluator|openai] [--smoke] [--faithful] [--lora]
-#                      [--steps N] [-- extra flags]
+#   bash recipes/r3.sh [--model DIR] [--prompts FILE] [--judge self|evaluator|openai] [--smoke]
+#                      [--resume|--overwrite] [--faithful] [--lora] [--steps N] [-- extra flags]
 #
 # Even steps are stage 1 (plan + image from the prompt), odd steps stage 2 (reflect + refine from a buffered stage-1
 # image); the R3 executor returns the text turn's reward on its tokens and the judge score V as the reward, and the
@@ -51,12 +51,15 @@ while [ $# -gt 0 ]; do
     --model) BASE=$2; MODEL=$2; HEAD_RL=false; MAX_LEN=2048; shift 2 ;;
     --prompts) PROMPT_FILE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
+    --resume) RESUME=1; shift ;;
+    --overwrite) OVERWRITE=1; shift ;;
     --judge) JUDGE=$2; shift 2 ;;
     --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
     --faithful) R3_FLAGS=(--r3.stop_penalty 0 --r3.p_perfect 0.15); shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --) shift; break ;;
-    *) echo "r3.sh: unknown option $1 (use --model DIR, --prompts FILE, --judge J, --smoke, --faithful, --lora," \
+    *) echo "r3.sh: unknown option $1 (use --model DIR, --prompts FILE, --judge J, --smoke, --resume," \
+         "--overwrite, --faithful, --lora," \
          "--steps N, -- extra flags)" >&2
        exit 2 ;;
   esac
@@ -68,7 +71,7 @@ fi
 NAME=r3_$JUDGE
 if [ "$SMOKE" = 1 ]; then
   NAME=${NAME}_smoke
-  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=8; ROUNDS=1
+  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=8; ROUNDS=1; SAVE_STEPS=1
 else
   PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=200; ROUNDS=4
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SRUM (global + local self-reward) on the ShapesWorld weak base.
 #
-#   bash recipes/srum.sh [--model DIR] [--prompts FILE] [--offline] [--smoke] [--lora] [--steps N] [-- extra flags]
+#   bash recipes/srum.sh [--model DIR] [--prompts FILE] [--offline] [--smoke] [--resume|--overwrite]
+#                        [--lora] [--steps N] [-- extra flags]
 #
 # --model DIR trains another model instead of the ShapesWorld base (a Janus / Janus-Pro directory: its yes/no
 # answers on the decoded image, the questions from each GenEval line; `-- --srum.sam DIR` online or `-- --sam DIR`
@@ -46,12 +47,15 @@ while [ $# -gt 0 ]; do
     --model) BASE=$2; MODEL=$2; shift 2 ;;
     --prompts) PROMPT_FILE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
+    --resume) RESUME=1; shift ;;
+    --overwrite) OVERWRITE=1; shift ;;
     --offline) OFFLINE=1; shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
     --) shift; break ;;
     *)
-      echo "srum.sh: unknown option $1 (use --model DIR, --prompts FILE, --offline, --smoke, --lora, --steps N," \
+      echo "srum.sh: unknown option $1 (use --model DIR, --prompts FILE, --offline, --smoke, --resume, --overwrite," \
+        "--lora, --steps N," \
         "-- extra flags)" >&2
       exit 2 ;;
   esac
@@ -66,6 +70,10 @@ if [ "$SMOKE" = 1 ]; then NAME=${NAME}_smoke; fi
 OUT=${UMM_OUT:-runs/$NAME}
 
 if [ "$OFFLINE" = 1 ]; then
+  if [ "${RESUME:-0}" = 1 ]; then
+    echo "srum.sh: --offline runs do not resume (they keep no checkpoint); start again with --overwrite" >&2
+    exit 2
+  fi
   if [ -z "${MODEL:-}" ] && [ ! -f "$BASE/umm_config.json" ]; then
     "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak
   fi

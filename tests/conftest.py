@@ -205,3 +205,49 @@ def server(monkeypatch):
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture
+def kill_and_resume():
+    """`run(cmd, env, out, step)`: start the recipe command `cmd` (["bash", "recipes/<r>.sh", ...]), SIGKILL its
+    whole process group once its checkpoint of `step` is complete (mid-way through the next step), then run it again
+    with --resume; returns the resumed run's CompletedProcess."""
+    import os
+    import signal
+    import subprocess
+
+    def run(cmd, env, out, step):
+        latest = out / "ckpt" / "_actor" / "latest"
+        with subprocess.Popen(
+            cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as p:
+            deadline = time.time() + 900
+            while not (latest.is_file() and latest.read_text().strip() == f"global_step{step}"):
+                assert p.poll() is None, p.stdout.read().decode()[-4000:]
+                assert time.time() < deadline, "no checkpoint of step {step} within 15 min"
+                time.sleep(0.1)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        assert not (out / "actor").exists()  # killed before the end
+        return subprocess.run(cmd[:2] + ["--resume"] + cmd[2:], env=env, capture_output=True, text=True)
+
+    return run
+
+
+@pytest.fixture
+def same_run():
+    """`check(a, b, files)`: run directories a and b logged the same metrics (timings aside) and curve, and wrote
+    the same bytes to each of `files` (paths inside them)."""
+    import csv
+
+    def check(a, b, files):
+        def metrics(run):
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            return [{k: v for k, v in r.items() if not k.startswith("timing/")} for r in rows]
+
+        assert metrics(a) == metrics(b)
+        assert list(csv.DictReader((a / "curve.csv").open())) == list(csv.DictReader((b / "curve.csv").open()))
+        for f in files:
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+    return check

@@ -73,3 +73,16 @@ def test_smoke_checkpoint_loads_in_eval_and_equals_the_actor(smoke, pretrained_d
         }
     assert (lp["e"] - lp["a"]).abs().max() < 1e-5  # the sync is exact
     assert (lp["e"] - lp["b"]).abs().max() > 1e-4  # and training moved the weights
+
+
+@pytest.mark.parametrize("smoke", ["full"], indirect=True)
+def test_run_killed_after_step_1_resumes_to_the_uninterrupted_result(
+    smoke, pretrained_dir, tmp_path, kill_and_resume, same_run
+):
+    """SIGKILL once step 1's checkpoint is written, then --resume: the same metrics rows, curve and final weights,
+    bit for bit, as the uninterrupted smoke run (rollouts do not depend on timing; every generator is restored)."""
+    env = {**os.environ, "UMM_PYTHON": sys.executable, "UMM_BASE": str(pretrained_dir), "UMM_OUT": str(tmp_path)}
+    resumed = kill_and_resume(["bash", "recipes/gvu.sh", "--smoke"], env, tmp_path, 1)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert "Loading the checkpoint" in resumed.stdout + resumed.stderr
+    same_run(smoke[0], tmp_path, ["actor/model.safetensors", "policy/model.safetensors"])

@@ -25,6 +25,7 @@ SERIES = [
     "0006-token-rewards.patch",
     "0007-actor-extensions.patch",
     "0008-jsonl-logger.patch",
+    "0009-exact-resume.patch",
 ]
 
 

@@ -31,6 +31,24 @@ def append_curve(log_dir: Path, row: dict) -> None:
     plot(rows, Path(log_dir) / "curve.png")
 
 
+def truncate_curve(log_dir: Path, step: int) -> None:
+    """Keep only log_dir/curve.csv's rows up to `step` (a resumed run evaluates the later steps again)."""
+    path = Path(log_dir) / "curve.csv"
+    if not path.exists():
+        return
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, [r for r in reader if float(r["step"]) <= step]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, columns, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    if rows:
+        plot(rows, Path(log_dir) / "curve.png")
+
+
 def plot(rows: list[dict], out: Path, size=(640, 360), pad=40) -> None:
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)

@@ -8,6 +8,12 @@ step (`init_process_group` / `update_weight`, gloo), and no-op sleep/wake/prefix
 calls (the G samples of every prompt in flight) are gathered into one batch: image-token requests run through the
 KV-cache generator, scoring requests (prompt_logprobs) through one teacher-forced pass.
 
+Rollouts are reproducible: a step's executors start together once the step's prompts have arrived (this engine's share
+of `--rollout.batch_size`), in the order of (prompt, label), and a batch runs once every running executor waits on
+the engine, its rows in that order; so what each sample draws does not depend on timing. Every `--ckpt.save_steps`
+weight syncs it saves its state (sync count, random generators, the executor's state, unlogged rollout stats) beside
+OpenRLHF's checkpoint, and with `--ckpt.load_enable` it restores the state of the checkpoint OpenRLHF resumes from.
+
 Differences from vLLM: it serves image-token generation (allowed_token_ids = the image vocabulary and <EOL>, max_tokens
 = the image's token count; it feeds each row's <EOL> rather than sampling it), text generation (allowed_token_ids
 unset or any set of text tokens; EOS and stop_token_ids end it) and scoring only; `generate(..., use_adapter=False)`
@@ -26,8 +32,10 @@ training) prompts, and its `policy/` a Janus checkpoint.
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +48,9 @@ from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, 
 from umm_plugin.models.interface import load_model
 from umm_plugin.models.umm import UMM, save_atomically
 
-BATCH_WINDOW_S = 0.005  # how long a first request waits for others to join its batch
+START_WAIT_S = 0.5  # how long a step's first prompts wait for the rest of the step's share (then start anyway)
 GRID = 8  # the first eval prompts, drawn at every evaluation
+_OWNER = contextvars.ContextVar("umm_executor", default=None)  # the running executor's (prompt key, rank, sample)
 
 
 @dataclass
@@ -72,6 +81,7 @@ class _Request:
     use_adapter: bool
     future: asyncio.Future = field(repr=False)
     images: list = field(default_factory=list)  # a model of the interface: the images its placeholders show
+    order: tuple = ()  # where the request sits in its batch: its executor's key and request count
 
 
 def _lora_config(args):
@@ -100,7 +110,11 @@ class UMMRolloutEngine:
         temperature=1.0,
         eval_prompts=None,
         prompt_files=(),
+        share=0,
+        ckpt=None,
     ):
+        """`share`: prompts this engine serves per step (0: start each call at once); `ckpt`: OpenRLHF's checkpoint
+        settings {"path", "save_steps", "max_num", "load"} (None: never save or restore)."""
         from umm_plugin.openrlhf.config import plugin_config
 
         config = plugin_config()
@@ -140,12 +154,20 @@ class UMMRolloutEngine:
 
             self.executor = _load_agent_executor(agent_func_path)
         self.pending: list[_Request] = []
-        self.lock = asyncio.Lock()
+        self.flushing = False
+        self.share, self.index = share, index
+        self.calls = []  # generate_responses calls waiting to start: (key, samples, start future)
+        self.started, self.ranks, self.requests, self.live = 0, {}, {}, 0
+        self.start_timer = None
         self.group = None
         self.syncs = 0
         self.log_dir = Path(log_dir) if log_dir else None
         self.records: list[dict] = []  # per-rollout stats the executor reports, flushed into the curve
-        if self.log_dir is not None and index == 0 and self.cfg.eval.steps:
+        self.ckpt, self.resync = ckpt or {}, False
+        latest = Path(self.ckpt.get("path", ".")) / "_actor" / "latest"
+        if self.ckpt.get("load") and latest.is_file():
+            self.restore(latest.read_text().strip())
+        elif self.log_dir is not None and index == 0 and self.cfg.eval.steps:
             self.evaluate_and_save()
 
     # ---- generation ----
@@ -179,26 +201,39 @@ class UMMRolloutEngine:
 
     async def _submit(self, kind, ids, params, use_adapter, images=()):
         loop = asyncio.get_running_loop()
-        req = _Request(kind, ids, params, use_adapter, loop.create_future(), list(images))
+        owner = _OWNER.get()
+        count = self.requests[owner] = self.requests.get(owner, -1) + 1
+        order = (0, owner, count) if owner is not None else (1, count)  # calls from outside executors go last
+        req = _Request(kind, ids, params, use_adapter, loop.create_future(), list(images), order)
         self.pending.append(req)
-        if len(self.pending) == 1:
-            loop.create_task(self._flush())
+        self._kick()
         return await req.future
 
+    def _kick(self):
+        if self.pending and not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+
     async def _flush(self):
-        await asyncio.sleep(BATCH_WINDOW_S)
-        async with self.lock:
-            batch, self.pending = self.pending, []
-            if not batch:
-                return
+        """Run the pending requests as one batch once every running executor waits on the engine (one at a time)."""
+        n = -1
+        while n != len(self.pending):  # let every runnable executor reach its next request (or its end)
+            n = len(self.pending)
+            await asyncio.sleep(0)
+        batch = []
+        # Otherwise an executor is still working or awaits something else: its next request (or its end) kicks.
+        if len({r.order[1] for r in self.pending if r.order[0] == 0}) >= self.live:
+            batch, self.pending = sorted(self.pending, key=lambda r: r.order), []
             try:
-                outputs = await asyncio.to_thread(self._run, batch)
+                for r, out in zip(batch, await asyncio.to_thread(self._run, batch)):
+                    r.future.set_result(out)
             except Exception as e:  # every waiting executor sees the error, not a hang
                 for r in batch:
-                    r.future.set_exception(e)
-                return
-            for r, out in zip(batch, outputs):
-                r.future.set_result(out)
+                    if not r.future.done():
+                        r.future.set_exception(e)
+        self.flushing = False
+        if batch:
+            self._kick()  # requests that came while the batch ran
 
     @contextlib.contextmanager
     def _adapter(self, on: bool):
@@ -349,19 +384,46 @@ class UMMRolloutEngine:
     async def generate_responses(
         self, prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=1, images=None
     ):
-        tasks = [
-            self.executor.execute(
-                prompt=prompt,
-                label=label,
-                sampling_params=sampling_params,
-                max_length=max_length,
-                hf_tokenizer=hf_tokenizer,
-                llm_engine=self,
-                images=images,
-            )
-            for _ in range(num_samples)
-        ]
-        return await asyncio.gather(*tasks)
+        key = (str(prompt), repr(label))
+        start = asyncio.get_running_loop().create_future()
+        self.calls.append((key, num_samples, start))
+        self._start_calls(force=False)
+        rank = await start
+
+        async def one(sample):
+            _OWNER.set((key, rank, sample))  # this task's own context: the requests it makes carry it
+            try:
+                return await self.executor.execute(
+                    prompt=prompt,
+                    label=label,
+                    sampling_params=sampling_params,
+                    max_length=max_length,
+                    hf_tokenizer=hf_tokenizer,
+                    llm_engine=self,
+                    images=images,
+                )
+            finally:
+                self.live -= 1
+                self._kick()
+
+        return await asyncio.gather(*[one(i) for i in range(num_samples)])
+
+    def _start_calls(self, force: bool):
+        """Start the waiting calls, in (prompt, label) order, once the step's share has arrived (or on `force`)."""
+        if self.start_timer is not None:
+            self.start_timer.cancel()
+            self.start_timer = None
+        if not self.calls:
+            return
+        if not force and len(self.calls) < self.share - self.started:
+            self.start_timer = asyncio.get_running_loop().call_later(START_WAIT_S, self._start_calls, True)
+            return
+        calls, self.calls = sorted(self.calls, key=lambda c: c[0]), []
+        self.started += len(calls)
+        for key, samples, start in calls:
+            self.live += samples  # counted now, so that no batch runs before these executors reach the engine
+            rank = self.ranks[key] = self.ranks.get(key, -1) + 1  # repeated prompts: in arrival order
+            start.set_result(rank)
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.pending)
@@ -384,10 +446,17 @@ class UMMRolloutEngine:
         self.group.broadcast(weight, src=0)
         with torch.no_grad():
             self.params[name].copy_(weight)
-        if empty_cache:  # OpenRLHF flags the last weight of a sync
+        if empty_cache:  # OpenRLHF flags the last weight of a sync: a step ends
+            self.started, self.ranks, self.requests = 0, {}, {}
+            if self.resync:  # the resumed actor's weights, sent again: not a step
+                self.resync = False
+                return
             self.syncs += 1
             if self.log_dir is not None and self.cfg.eval.steps and self.syncs % self.cfg.eval.steps == 0:
                 self.evaluate_and_save()
+            save_steps = self.ckpt.get("save_steps", -1)
+            if save_steps > 0 and self.syncs % save_steps == 0:
+                self.save_state()
 
     async def reset_prefix_cache(self):
         pass
@@ -403,6 +472,46 @@ class UMMRolloutEngine:
 
     async def resume_generation(self):
         pass
+
+    # ---- checkpoints of the engine's own state ----
+    def _state_path(self, tag: str) -> Path:
+        return Path(self.ckpt["path"]) / "umm_engine" / f"{tag}_engine{self.index}.pt"
+
+    def save_state(self) -> None:
+        """What a resumed run needs to go on as if never stopped, saved beside OpenRLHF's checkpoint of this step
+        (written beside, fsynced, renamed); the oldest beyond `--ckpt.max_num` + 1 are removed."""
+        state = {"syncs": self.syncs, "generator": self.generator.get_state(), "records": self.records}
+        state["executor"] = self.executor.state_dict() if hasattr(self.executor, "state_dict") else None
+        path = self._state_path(f"global_step{self.syncs}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        saved = path.parent.glob(f"global_step*_engine{self.index}.pt")
+        saved = sorted(saved, key=lambda p: int(p.name.removeprefix("global_step").split("_")[0]))
+        for old in saved[: -(self.ckpt.get("max_num", 1) + 1)]:
+            old.unlink()
+
+    def restore(self, tag: str) -> None:
+        """Load the state saved with OpenRLHF's checkpoint `tag` and cut the curve back to that step."""
+        from umm_plugin.openrlhf.curves import truncate_curve
+
+        path = self._state_path(tag)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: the checkpoint {tag} has no engine state to resume from (was it written by "
+                "another version?); start the run again without resuming"
+            )
+        state = torch.load(path, weights_only=False)  # the plugin's own file (pickle): only resume trusted runs
+        self.syncs, self.records, self.resync = state["syncs"], state["records"], True
+        self.generator.set_state(state["generator"])
+        if state["executor"] is not None:
+            self.executor.load_state_dict(state["executor"])
+        if self.log_dir is not None and self.index == 0:
+            truncate_curve(self.log_dir, self.syncs)
 
     # ---- curves, grids and checkpoints ----
     def merged(self):
@@ -462,6 +571,11 @@ def create_engines(args, shared_pg=None):
     eval_prompts = args.eval.dataset or args.data.prompt_dataset  # a real model's evaluation prompts
     lora = _lora_config(args) if args.ds.lora.rank > 0 else None
     actor = ray.remote(UMMRolloutEngine)
+    engines = max(1, args.vllm.num_engines or 1)
+    # OpenRLHF hands a step's prompts to idle engines in turn: engine i serves prompts i, i + engines, ...
+    prompts = getattr(args.rollout, "vllm_generate_batch_size", None) or args.rollout.batch_size
+    ckpt = {"path": args.ckpt.path, "save_steps": args.ckpt.save_steps, "max_num": args.ckpt.max_num}
+    ckpt["load"] = bool(args.ckpt.load_enable)
     return [
         actor.options(num_cpus=1, num_gpus=0).remote(
             args.actor.model_name_or_path,
@@ -473,6 +587,8 @@ def create_engines(args, shared_pg=None):
             args.rollout.temperature,
             eval_prompts,
             [p for p in (args.data.prompt_dataset, args.eval.dataset) if p],
+            len(range(i, prompts, engines)),
+            ckpt,
         )
-        for i in range(max(1, args.vllm.num_engines or 1))
+        for i in range(engines)
     ]

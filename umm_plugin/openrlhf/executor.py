@@ -26,6 +26,13 @@ class UMMExecutor(AgentExecutorBase):
         self.generator = torch.Generator().manual_seed(0)
         self.draws, self.draws_sync = {}, None  # --umm.head.rl: id(sampling params) -> (params, t_index, noise)
 
+    def state_dict(self) -> dict:
+        """What a resumed run restores (the engine saves it with each checkpoint): the random generator."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def model(self, llm_engine):
         """The engine's own model (our engine: a UMM or a Janus model), or the small non-backbone parts of a UMM
         loaded next to vLLM's backbone."""
