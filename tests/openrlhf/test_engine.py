@@ -258,3 +258,53 @@ def test_srum_executor_token_rewards_equal_the_one_pass_map(pretrained_dir, monk
         assert r["reward"] == pytest.approx(m.mean().item(), abs=1e-5)
         assert r["extra_logs"]["srum_found"] == pytest.approx(f)
         assert {"srum_global", "srum_map_mean", "shapes_accuracy"} <= set(r["extra_logs"])
+
+
+def _step(engine, order, delays=()):
+    """One rollout step as OpenRLHF dispatches it: a generate_responses call per prompt of `order` (2 samples each),
+    the i-th sent after delays[i] seconds; returns {prompt: (image tokens, rewards)}."""
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+
+    async def call(prompt, delay):
+        await asyncio.sleep(delay)
+        out = await engine.generate_responses(prompt, "label", params, 2048, None, num_samples=2)
+        return prompt, ([r["observation_tokens"] for r in out], [r["reward"] for r in out])
+
+    delays = list(delays) or [0.0] * len(order)
+    return dict(asyncio.run(_gather(*[call(p, d) for p, d in zip(order, delays)])))
+
+
+def test_rollouts_do_not_depend_on_arrival_order_or_timing(pretrained_dir, umm_flags):
+    """A step's executors start together once the step's share of prompts arrived, in prompt order, and a batch
+    runs once every executor waits: prompts sent in another order, one of them late, draw the same samples."""
+    runs = []
+    for order, delays in ((PROMPTS, ()), (PROMPTS[::-1], (0.0, 0.2, 0.05))):
+        engine = UMMRolloutEngine(str(pretrained_dir), seed=0, agent_func_path=gvu_agent.__file__, share=3)
+        runs.append(_step(engine, order, delays))
+    assert runs[0] == runs[1]
+    tokens = [t for toks, _ in runs[0].values() for t in toks]
+    assert len({tuple(t) for t in tokens}) == len(tokens)  # every sample drew its own image
+
+
+def test_engine_state_restores_generators_records_and_the_curve(pretrained_dir, umm_flags, tmp_path):
+    """The state saved at a sync, restored by an engine started on OpenRLHF's checkpoint of that step: the next
+    step draws what the uninterrupted engine draws, unlogged rollout stats survive, later curve rows are dropped."""
+    ckpt = {"path": str(tmp_path / "ckpt"), "save_steps": 1, "max_num": 1, "load": True}
+    kw = {"seed": 0, "agent_func_path": gvu_agent.__file__, "share": 3, "ckpt": ckpt, "log_dir": str(tmp_path)}
+    engine = UMMRolloutEngine(str(pretrained_dir), **kw)  # no checkpoint yet: starts afresh
+    _step(engine, PROMPTS)
+    for step in (1, 2, 3):  # what a sync does at its end (state saved every step, the oldest beyond 2 removed)
+        engine.syncs = step
+        engine.save_state()
+    saved = sorted(p.name for p in (tmp_path / "ckpt" / "umm_engine").iterdir())
+    assert saved == ["global_step2_engine0.pt", "global_step3_engine0.pt"]
+    (tmp_path / "curve.csv").write_text("step,reward\n0,0.5\n3,0.6\n4,0.7\n")
+    (tmp_path / "ckpt" / "_actor").mkdir(parents=True)
+    (tmp_path / "ckpt" / "_actor" / "latest").write_text("global_step3")
+    restored = UMMRolloutEngine(str(pretrained_dir), **kw)
+    assert restored.syncs == 3 and restored.records == engine.records and len(engine.records) == 6
+    assert (tmp_path / "curve.csv").read_text().splitlines() == ["step,reward", "0,0.5", "3,0.6"]
+    assert _step(restored, PROMPTS) == _step(engine, PROMPTS)
+    (tmp_path / "ckpt" / "_actor" / "latest").write_text("global_step9")
+    with pytest.raises(FileNotFoundError, match="global_step9_engine0.pt is missing"):
+        UMMRolloutEngine(str(pretrained_dir), **kw)

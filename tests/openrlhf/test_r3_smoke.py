@@ -58,13 +58,12 @@ def test_smoke_self_judge(pretrained_dir, tmp_path):
     _smoke(pretrained_dir, tmp_path, "self")
 
 
-EVALUATOR = ["evaluator", "--r3.score", "checklist", "--ckpt.save_steps", "2"]
+EVALUATOR = ["evaluator", "--r3.score", "checklist"]
 
 
 @pytest.fixture(scope="module")
 def evaluator_run(pretrained_dir, tmp_path_factory):
-    """One evaluator-judge smoke run with a DeepSpeed checkpoint at its last step, shared by the head test and the
-    resume test (a second run would cost the suite about 70 s)."""
+    """One evaluator-judge smoke run (a checkpoint at each step), shared by the head test and the resume test."""
     out = tmp_path_factory.mktemp("r3_evaluator")
     _, moved = _smoke(pretrained_dir, out, *EVALUATOR)
     return out, moved
@@ -80,22 +79,17 @@ def test_smoke_openai_judge_on_a_loopback_server(pretrained_dir, tmp_path, serve
     assert len(server.requests) >= 8 and all(r["body"]["model"] == "shapes-vlm" for r in server.requests)
 
 
-def test_resume_restores_the_trained_head_from_the_deepspeed_checkpoint(pretrained_dir, evaluator_run):
-    """`--ckpt.load_enable` through the real host: the head (an actor extension, patches/0007) is restored from the
-    DeepSpeed checkpoint's client state. The rerun finds no steps left, so the head it saves is the one it loaded:
-    the trained one, not the base's."""
-    out = evaluator_run[0]
+def test_run_killed_in_stage_2_resumes_to_the_uninterrupted_result(
+    pretrained_dir, evaluator_run, tmp_path, kill_and_resume, same_run
+):
+    """SIGKILL once step 1 (stage 1) is checkpointed, mid-way through stage 2, then --resume: the engine restores
+    the stage-1 groups that stage 2 draws its roots from, the generators and the step count, and the actor its head
+    (an actor extension, patches/0007): the same metrics, curve and weights, bit for bit, as the uninterrupted run."""
+    env = {**os.environ, "UMM_PYTHON": sys.executable, "UMM_BASE": str(pretrained_dir), "UMM_OUT": str(tmp_path)}
+    cmd = ["bash", "recipes/r3.sh", "--smoke", "--judge", EVALUATOR[0], "--", *EVALUATOR[1:]]
+    resumed = kill_and_resume(cmd, env, tmp_path, 1)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert "Loading the checkpoint" in resumed.stdout + resumed.stderr
     head = "diffusion_head/diffusion_pytorch_model.safetensors"
-    trained = load_file(out / "actor" / head)
-    (out / "actor" / head).unlink()
-    run = _run(
-        ["bash", "recipes/r3.sh", "--smoke", "--judge", EVALUATOR[0], "--", *EVALUATOR[1:], "--ckpt.load_enable"],
-        UMM_BASE=str(pretrained_dir),
-        UMM_OUT=str(out),
-    )
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
-    assert "Loading the checkpoint" in log and "Global step " not in log  # resumed at the end: nothing to train
-    resumed, base = load_file(out / "actor" / head), load_file(pretrained_dir / head)
-    assert all(torch.equal(resumed[k], trained[k]) for k in trained)
-    assert any(not torch.equal(resumed[k], base[k]) for k in base)
+    files = ["actor/model.safetensors", f"actor/{head}", "policy/model.safetensors", f"policy/{head}"]
+    same_run(evaluator_run[0], tmp_path, files)

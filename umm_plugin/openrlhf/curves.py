@@ -21,24 +21,20 @@ def append_curve(log_dir: Path, row: dict) -> None:
     path = Path(log_dir) / "curve.csv"
     rows = list(csv.DictReader(path.open())) if path.exists() else []
     rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, columns, restval="")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    plot(rows, Path(log_dir) / "curve.png")
+    _save(log_dir, rows)
 
 
 def truncate_curve(log_dir: Path, step: int) -> None:
     """Keep only log_dir/curve.csv's rows up to `step` (a resumed run evaluates the later steps again)."""
     path = Path(log_dir) / "curve.csv"
-    if not path.exists():
-        return
-    with path.open() as f:
-        reader = csv.DictReader(f)
-        columns, rows = reader.fieldnames, [r for r in reader if float(r["step"]) <= step]
+    if path.exists():
+        _save(log_dir, [r for r in csv.DictReader(path.open()) if float(r["step"]) <= step])
+
+
+def _save(log_dir: Path, rows: list[dict]) -> None:
+    """Write curve.csv (beside, then renamed) and curve.png."""
+    path = Path(log_dir) / "curve.csv"
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, columns, restval="")
