@@ -1,5 +1,6 @@
-"""The recipes refuse bad input in one line before any work: --smoke with --steps, and a run directory that holds
-files the plugin did not write (left byte for byte as they were)."""
+"""The recipes refuse bad input in one line before any work: --smoke with --steps, a run directory that holds
+files the plugin did not write (left byte for byte as they were), and a used run directory without --resume or
+--overwrite, or --resume with nothing to resume."""
 
 import os
 import subprocess
@@ -35,3 +36,48 @@ def test_a_run_directory_of_someone_elses_files_is_refused_and_left_alone(name, 
     assert r.returncode == 2 and len(lines) == 1 and "holds files umm-plugin did not write" in lines[0], r.stderr
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
     assert not (tmp_path / "no-base").exists()  # refused before pretraining a base
+
+
+def _used_run(tmp_path, checkpoint: bool):
+    """A run directory the plugin wrote (its marker), killed before or after its first checkpoint."""
+    out = tmp_path / "run"
+    (out / "ckpt" / "_actor").mkdir(parents=True)
+    (out / ".umm-plugin").touch()
+    (out / "curve.csv").write_text("step,reward\n0,0.5\n")
+    if checkpoint:
+        (out / "ckpt" / "_actor" / "latest").write_text("global_step1")
+    return out
+
+
+@pytest.mark.parametrize(
+    "flags, checkpoint, error",
+    [
+        ((), True, "holds an earlier run: --resume continues it from its last checkpoint, --overwrite deletes it"),
+        (("--resume",), False, "nothing to resume in {out}: it holds no checkpoint yet; start again with --overwrite"),
+        (("--resume", "--overwrite"), True, "give --resume (continue the run in {out}) or --overwrite"),
+    ],
+)
+@pytest.mark.parametrize("name", ["gvu", "srum", "r3"])
+def test_a_used_run_directory_needs_resume_or_overwrite(name, flags, checkpoint, error, tmp_path):
+    out = _used_run(tmp_path, checkpoint)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = _recipe(name, "--smoke", *flags, UMM_OUT=str(out), UMM_BASE=str(tmp_path / "no-base"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and error.format(out=out) in lines[0], r.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "no-base").exists()
+
+
+def test_resume_of_a_directory_that_holds_no_run_is_refused(tmp_path):
+    r = _recipe("gvu", "--smoke", "--resume", UMM_OUT=str(tmp_path / "new"), UMM_BASE=str(tmp_path / "no-base"))
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == f"nothing to resume in {tmp_path / 'new'}: it holds no run; leave out --resume"
+    )
+
+
+def test_overwrite_deletes_the_earlier_run_first(tmp_path):
+    out = _used_run(tmp_path, True)
+    # A Python that fails at once stops the recipe right after it cleared the directory.
+    r = _recipe("gvu", "--smoke", "--overwrite", UMM_OUT=str(out), UMM_PYTHON="false")
+    assert r.returncode != 0 and not (out / "curve.csv").exists() and not (out / "ckpt").exists()
