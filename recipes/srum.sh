@@ -70,10 +70,8 @@ if [ "$SMOKE" = 1 ]; then NAME=${NAME}_smoke; fi
 OUT=${UMM_OUT:-runs/$NAME}
 
 if [ "$OFFLINE" = 1 ]; then
-  if [ "${RESUME:-0}" = 1 ]; then
-    echo "srum.sh: --offline runs do not resume (they keep no checkpoint); start again with --overwrite" >&2
-    exit 2
-  fi
+  if [ "${RESUME:-0}" = 1 ]; then set -- --resume true "$@"; fi
+  if [ "${OVERWRITE:-0}" = 1 ]; then set -- --overwrite true "$@"; fi
   if [ -z "${MODEL:-}" ] && [ ! -f "$BASE/umm_config.json" ]; then
     "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak
   fi

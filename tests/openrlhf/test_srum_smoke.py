@@ -6,6 +6,7 @@ loads."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,16 @@ def test_online_smoke_trains_on_per_token_rewards(pretrained_dir, tmp_path):
     _eval_loads(tmp_path / "policy")
 
 
-def test_offline_smoke_fine_tunes_and_saves(pretrained_dir, tmp_path):
-    env = {"UMM_BASE": str(pretrained_dir), "UMM_OUT": str(tmp_path)}
-    run = _run(["bash", "recipes/srum.sh", "--offline", "--smoke"], **env)
+@pytest.fixture(scope="module")
+def offline_run(pretrained_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("srum_offline")
+    run = _run(["bash", "recipes/srum.sh", "--offline", "--smoke"], UMM_BASE=str(pretrained_dir), UMM_OUT=str(out))
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return out, run
+
+
+def test_offline_smoke_fine_tunes_and_saves(pretrained_dir, offline_run):
+    tmp_path, run = offline_run
     assert "self-judged samples" in run.stdout and "epoch 1:" in run.stdout
     rows = list(csv.DictReader((tmp_path / "curve.csv").open()))
     assert [r["step"] for r in rows] == ["0", "1"] and float(rows[1]["loss_backbone"]) > 0
@@ -67,3 +74,30 @@ def test_offline_rejects_bad_flags(pretrained_dir, tmp_path):
                 "--scorer", "vibes"])  # fmt: skip
     assert run.returncode == 2 and run.stderr.strip().count("\n") == 0
     assert "scorer 'vibes'" in run.stderr
+
+
+def test_offline_run_resumed_for_a_second_epoch_equals_one_run_of_two(pretrained_dir, offline_run, tmp_path):
+    """The one-epoch smoke run, resumed with --epochs 2 (its judged samples, generator and DeepSpeed checkpoint
+    loaded), ends where one two-epoch run does, bit for bit: curve and model (the lr is constant, so epoch 1 is the
+    same in both). A rerun without --resume or --overwrite is refused in one line."""
+    one, _ = offline_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(one, resumed)
+    env = {"UMM_BASE": str(pretrained_dir)}
+    refused = _run(["bash", "recipes/srum.sh", "--offline", "--smoke"], UMM_OUT=str(resumed), **env)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
+    assert "holds an earlier run: --resume true continues it" in refused.stderr
+    logs = {}
+    for out, flags in ((resumed, ["--resume"]), (tmp_path / "whole", [])):
+        cmd = ["bash", "recipes/srum.sh", "--offline", "--smoke", *flags, "--", "--epochs", "2"]
+        run = _run(cmd, UMM_OUT=str(out), **env)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        logs[out.name] = run.stdout
+    assert "resumed after epoch 1 with 8 self-judged samples" in logs["resumed"]  # loaded, not judged again
+
+    def curve(out):  # timings aside
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((out / "curve.csv").open())]
+
+    assert curve(resumed) == curve(tmp_path / "whole") and len(curve(resumed)) == 3
+    for f in ("model/model.safetensors", "model/diffusion_head/diffusion_pytorch_model.safetensors"):
+        assert (resumed / f).read_bytes() == (tmp_path / "whole" / f).read_bytes(), f

@@ -14,7 +14,6 @@ weak base (understanding well ahead of generation), `regular` a stronger generat
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from umm_plugin.models.diffusion_head import flow_matching_loss
 from umm_plugin.models.generation import generate_image_tokens
-from umm_plugin.models.umm import ASK, DESCRIBE, UMM, ModelError, claim_dir
+from umm_plugin.models.umm import ASK, DESCRIBE, UMM, ModelError, claim_dir, torch_save_atomically
 from umm_plugin.models.visual_tokenizer import PatchVQ
 from umm_plugin.worlds.evaluator import check, detect
 from umm_plugin.worlds.grammar import (
@@ -506,12 +505,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> UMM:
             state = dict(config=_resumable(cfg), step=step, backbone=bb.state_dict(), optimizer=opt.state_dict())
             state.update(scheduler=sched.state_dict(), numpy=rng.bit_generator.state, torch=torch.get_rng_state())
             state.update(own=batcher.own, too_crowded=batcher.too_crowded)
-            tmp = out / f".{CHECKPOINT}.tmp"
-            with open(tmp, "wb") as f:  # written beside, synced, renamed: a kill leaves the last complete one
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out / CHECKPOINT)
+            torch_save_atomically(state, out / CHECKPOINT)
     bb.eval()
 
     # 3. diffusion head: flow matching on codebook renders

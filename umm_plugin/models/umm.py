@@ -92,6 +92,17 @@ def save_atomically(model, final) -> Path:
     return final
 
 
+def torch_save_atomically(obj, path) -> None:
+    """`torch.save(obj)` to `path`: written beside, synced to disk, renamed (a kill leaves the last complete file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def image_code_token(code: int) -> str:
     return f"<img_{code}>"
 

@@ -35,7 +35,6 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 
 from umm_plugin.models.generation import SamplingConfig, generate_image_tokens, generate_text, left_pad
 from umm_plugin.models.interface import load_model
-from umm_plugin.models.umm import UMM, save_atomically
+from umm_plugin.models.umm import UMM, save_atomically, torch_save_atomically
 
 START_WAIT_S = 0.5  # how long a step's first prompts wait for the rest of the step's share (then start anyway)
 GRID = 8  # the first eval prompts, drawn at every evaluation
@@ -484,12 +483,7 @@ class UMMRolloutEngine:
         state["executor"] = self.executor.state_dict() if hasattr(self.executor, "state_dict") else None
         path = self._state_path(f"global_step{self.syncs}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        torch_save_atomically(state, path)
         saved = path.parent.glob(f"global_step*_engine{self.index}.pt")
         saved = sorted(saved, key=lambda p: int(p.name.removeprefix("global_step").split("_")[0]))
         for old in saved[: -(self.ckpt.get("max_num", 1) + 1)]:

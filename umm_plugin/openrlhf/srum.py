@@ -9,7 +9,9 @@ renders them), the same map pooled to the token grid weighting the image tokens'
 own DeepSpeed engine and optimizer through `DeepspeedStrategy.prepare`, so `torchrun --nproc_per_node N -m
 umm_plugin.cli srum ...` shards the prompts over ranks like `train_sft` does; run alone it sets up a one-process
 gloo group itself. Held-out accuracy is evaluated before training and after every epoch into curve.csv/png and
-grids, as the online recipes do; the result is saved atomically as a complete model directory.
+grids, as the online recipes do; the result is saved atomically as a complete model directory. The judged samples
+and every epoch are checkpointed in `--out`/ckpt (the samples and random generators per rank, plus a DeepSpeed
+checkpoint per trained part); `--resume true` continues a killed run to the same weights as an uninterrupted one.
 
 A Janus directory (any model of the interface) trains the same way on a GenEval-format `--prompts` file, judged by
 `rewards/srum.py`'s `geneval_self_judge`: it has no diffusion head (its VQ decoder is not trained), so its offline
@@ -19,6 +21,7 @@ evaluation is its own GvU reward and yes/no checks on the first `--eval-n` train
 
 import dataclasses
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -52,11 +55,18 @@ class SRUMOfflineConfig(SRUMConfig):
     eval_n: int = field(default=200, metadata={"help": "Held-out prompts per evaluation (0 = none)."})
     zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage."})
     seed: int = field(default=0, metadata={"help": "Seeds prompts, sampling, noise and the data order."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue the run in --out from its last checkpoint (the judged samples, each epoch)."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Delete the earlier run in --out and start again."})
 
     def __post_init__(self):
         super().__post_init__()
         if not self.model or not self.out:
             raise ValueError("srum needs --model (a model directory) and --out")
+        if self.resume and self.overwrite:
+            raise ValueError("srum: give --resume true (continue the run in --out) or --overwrite true, not both")
         if self.train not in TRAINED:
             raise ValueError(f"srum train {self.train!r}: use one of {', '.join(TRAINED)}")
         for name in ("n_prompts", "samples", "epochs", "batch_size", "micro_batch_size"):
@@ -181,13 +191,22 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     from umm_plugin.models.diffusion_head import to_pixels
     from umm_plugin.models.generation import continuation_logprobs
     from umm_plugin.models.interface import load_model
-    from umm_plugin.models.umm import UMM, claim_dir, save_atomically
+    from umm_plugin.models.umm import MARKER, UMM, claim_dir, save_atomically, torch_save_atomically
+    from umm_plugin.openrlhf.curves import truncate_curve
     from umm_plugin.rewards.srum import overlay
     from umm_plugin.worlds.geneval import load_geneval
     from umm_plugin.worlds.grammar import load_prompts, make_prompts
 
     t0 = time.time()
-    claim_dir(cfg.out)  # before any work: never into a directory of someone else's files
+    out = Path(cfg.out)
+    claim_dir(out)  # before any work: never into a directory of someone else's files
+    if cfg.resume and not (out / "ckpt" / "samples_rank0.pt").is_file():
+        raise ValueError(f"srum: nothing to resume in {out}: it holds no checkpoint yet; start again with --overwrite")
+    if not (cfg.resume or cfg.overwrite) and any(p.name != MARKER for p in out.iterdir()):
+        raise ValueError(
+            f"srum: output directory {out} holds an earlier run: --resume true continues it from its last checkpoint, "
+            "--overwrite true deletes it and starts again"
+        )
     model = load_model(cfg.model)
     shapes = isinstance(model, UMM)
     if not shapes and (not cfg.prompts or cfg.train == "head"):
@@ -203,22 +222,39 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     strategy = _strategy(cfg)
     strategy.setup_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    out = Path(cfg.out)
+    if cfg.overwrite and rank == 0:  # the directory is the plugin's (claimed above): empty it but for the marker
+        for p in out.iterdir():
+            if p.name != MARKER:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    dist.barrier()
+    ckpt = out / "ckpt"
+    ckpt.mkdir(exist_ok=True)
     if rank == 0:
         (out / "srum_config.json").write_text(str(dataclasses.asdict(cfg) | dataclasses.asdict(sampling)))
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     metas = [m for m in metas[rank::world] for _ in range(cfg.samples)]
     prompts = [m["prompt"] for m in metas]
 
-    rows = [_evaluate(model, cfg, sampling, out, 0, {"seconds": 0.0})] if cfg.eval_n and rank == 0 else []
-    data = self_rewarded_samples(model, metas, cfg, sampling, gen)
+    # A resumed run loads what this rank had after judging its samples, or after its last finished epoch.
+    state_file = ckpt / f"epoch_rank{rank}.pt"
+    saved = state_file if cfg.resume and state_file.is_file() else ckpt / f"samples_rank{rank}.pt"
+    if cfg.resume:
+        state = torch.load(saved, weights_only=False)  # the plugin's own file (pickle): resume only your own runs
+        data, rows, start = state["data"], state["rows"], state["epoch"]
+        gen.set_state(state["generator"])
+        truncate_curve(out, start)
+    else:
+        rows = [_evaluate(model, cfg, sampling, out, 0, {"seconds": 0.0})] if cfg.eval_n and rank == 0 else []
+        data, start = self_rewarded_samples(model, metas, cfg, sampling, gen), 0
+        torch_save_atomically({"data": data, "rows": rows, "epoch": 0, "generator": gen.get_state()}, saved)
     n = len(prompts)
-    if rank == 0:
+    if rank == 0 and not cfg.resume:
         show = [overlay(i, m) for i, m in zip(data["images"][:16], data["maps"][:16])]
         save_grid(np.stack(show), "reward maps (green 1, red 0) of the first samples", out / "maps.png")
+    done = f"resumed after epoch {start} with {n} self-judged samples" if cfg.resume else f"{n} self-judged samples"
     log(
-        f"rank {rank}: {n} self-judged samples in {time.time() - t0:.0f}s, mean global score "
-        f"{data['global'].mean():.3f}, mean map {data['maps'].mean():.3f}"
+        f"rank {rank}: {done} in {time.time() - t0:.0f}s, mean global score {data['global'].mean():.3f}, mean map "
+        f"{data['maps'].mean():.3f}"
     )
 
     micro = cfg.micro_batch_size
@@ -229,6 +265,8 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
     for name in trained:
         parts[name].train()
         engines[name], _, _ = strategy.prepare((parts[name], _optim(cfg, max(1, steps_per_epoch * cfg.epochs))))
+        if start:  # weights, optimizer and schedule as they were after epoch `start`
+            strategy.load_ckpt(engines[name], str(ckpt / name), tag=f"epoch{start}")
     x = to_pixels(data["images"])
     if shapes:
         lay = model.layout
@@ -236,7 +274,7 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
         prefixes = [model.generation_prompt(p) for p in prompts]
     else:  # the map pooled onto the model's square token grid, one weight per image token (Janus-Pro: 24 x 24)
         token_w = pool_to_grid(data["maps"], int(model.image_tokens**0.5))
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start + 1, cfg.epochs + 1):
         order = torch.randperm(n, generator=gen)[: steps_per_epoch * (cfg.batch_size // world)]
         losses = {name: [] for name in trained}
         for i in range(0, len(order), micro):
@@ -276,8 +314,10 @@ def train_offline(cfg: SRUMOfflineConfig, sampling=SamplingConfig(), log=print):
             rows.append(_evaluate(model, cfg, sampling, out, epoch, extra))
             shown = ("accuracy", "gvu_reward", "yes_no_pass")
             log(f"epoch {epoch}: " + ", ".join(f"{k} {rows[-1][k]:.3f}" for k in shown if k in rows[-1]))
-        for name in trained:
+        for name in trained:  # the epoch's checkpoint: each part's DeepSpeed checkpoint (the last two kept), then the
+            strategy.save_ckpt(engines[name], str(ckpt / name), tag=f"epoch{epoch}", max_num=2)  # state naming it
             parts[name].train()
+        torch_save_atomically({"data": data, "rows": rows, "epoch": epoch, "generator": gen.get_state()}, state_file)
     if rank == 0:
         for name in trained:
             parts[name].eval()
