@@ -57,6 +57,10 @@ ppo_cpu() {
     "$PY" -m umm_plugin.cli shapes prompts --split train --n $((STEPS * PROMPTS)) ${TAGS:+--tags "$TAGS"} \
       ${PROMPT_FLAGS:-} --out "$train"
   fi
+  # Each actor and reference rank reserves one CPU, each engine another: a local Ray on fewer cores is told it has
+  # that many (the ranks then share the cores), a cluster (RAY_ADDRESS) is taken as it is.
+  local cpus=$((2 * ${ACTORS:-1} + ${ENGINES:-1}))
+  if [ -z "${RAY_ADDRESS:-}" ] && [ "$cpus" -gt "$(nproc)" ]; then export RAY_OVERRIDE_RESOURCES="{\"CPU\": $cpus}"; fi
   RAY_DEDUP_LOGS=0 TOKENIZERS_PARALLELISM=false "$PY" -m openrlhf.cli.train_ppo_ray \
     --plugins umm_plugin.openrlhf.plugin:register \
     --rollout.engine umm_plugin.openrlhf.engine:create_engines \
@@ -64,11 +68,13 @@ ppo_cpu() {
     --actor.model_name_or_path "$BASE" \
     --data.prompt_dataset "$train" --data.input_key prompt --data.label_key tag \
     --data.max_len 256 --rollout.max_new_tokens 64 \
-    --ds.device cpu --ds.param_dtype fp32 --ds.zero_stage 2 --ds.attn_implementation eager \
-    --vllm.sync_backend gloo --vllm.num_engines 1 \
-    --actor.num_nodes 1 --actor.num_gpus_per_node 1 --ref.num_nodes 1 --ref.num_gpus_per_node 1 \
-    --rollout.batch_size $PROMPTS --rollout.n_samples_per_prompt $G --rollout.micro_batch_size $((PROMPTS * G)) \
-    --train.batch_size $((PROMPTS * G)) --train.micro_batch_size $((PROMPTS * G)) --train.max_epochs 1 \
+    --ds.device cpu --ds.param_dtype fp32 --ds.zero_stage "${ZERO:-2}" --ds.attn_implementation eager \
+    --vllm.sync_backend gloo --vllm.num_engines "${ENGINES:-1}" \
+    --actor.num_nodes 1 --actor.num_gpus_per_node "${ACTORS:-1}" \
+    --ref.num_nodes 1 --ref.num_gpus_per_node "${ACTORS:-1}" \
+    --rollout.batch_size $PROMPTS --rollout.n_samples_per_prompt $G \
+    --rollout.micro_batch_size $((PROMPTS * G / ${ACTORS:-1})) --train.batch_size $((PROMPTS * G)) \
+    --train.micro_batch_size $((PROMPTS * G / ${ACTORS:-1})) --train.max_epochs 1 \
     --train.num_episodes 1 --data.max_samples $((STEPS * PROMPTS)) \
     --algo.advantage.estimator "$estimator" --algo.kl.use_loss --algo.kl.estimator k3 \
     --algo.kl.init_coef "${KL_BETA:-0.03}" \

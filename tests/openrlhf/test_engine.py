@@ -293,9 +293,8 @@ def test_engine_state_restores_generators_records_and_the_curve(pretrained_dir, 
     kw = {"seed": 0, "agent_func_path": gvu_agent.__file__, "share": 3, "ckpt": ckpt, "log_dir": str(tmp_path)}
     engine = UMMRolloutEngine(str(pretrained_dir), **kw)  # no checkpoint yet: starts afresh
     _step(engine, PROMPTS)
-    for step in (1, 2, 3):  # what a sync does at its end (state saved every step, the oldest beyond 2 removed)
-        engine.syncs = step
-        engine.save_state()
+    for _ in range(3):  # three weight syncs end (state saved every step, the oldest beyond 2 removed)
+        engine.step_done()
     saved = sorted(p.name for p in (tmp_path / "ckpt" / "umm_engine").iterdir())
     assert saved == ["global_step2_engine0.pt", "global_step3_engine0.pt"]
     (tmp_path / "curve.csv").write_text("step,reward\n0,0.5\n3,0.6\n4,0.7\n")

@@ -69,7 +69,8 @@ class SamplingConfig:
 
 
 def sample_logits(logits, temperature=1.0, top_k=0, min_p=0.0, generator=None) -> torch.Tensor:
-    """[B, V] -> [B] indices. temperature 0 is greedy; top_k and min_p filter before sampling."""
+    """[B, V] -> [B] indices. temperature 0 is greedy; top_k and min_p filter before sampling. `generator` may be a
+    list, one per row: then what a row draws does not depend on the other rows of its batch."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -79,6 +80,8 @@ def sample_logits(logits, temperature=1.0, top_k=0, min_p=0.0, generator=None) -
     probs = logits.softmax(-1)
     if min_p:
         probs = probs.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, 0)
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g)[:, 0] for p, g in zip(probs, generator)])
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,19 @@ from umm_plugin.models.umm import UMM, save_atomically, torch_save_atomically
 START_WAIT_S = 0.5  # how long a step's first prompts wait for the rest of the step's share (then start anyway)
 GRID = 8  # the first eval prompts, drawn at every evaluation
 _OWNER = contextvars.ContextVar("umm_executor", default=None)  # the running executor's (prompt key, rank, sample)
+_RNG = contextvars.ContextVar("umm_rollout_rng", default=None)  # its (own generator, its group's seed)
+
+
+def _seed(*parts) -> int:
+    """A 63-bit seed from `parts`, the same in every process (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def rollout_rng():
+    """For an executor the UMM engine runs: (a generator of the sample's own, the seed of its group); else None.
+    Seeded by the run's seed, the step, the prompt and the sample's index, so what a sample draws does not depend on
+    which engine serves it or what else is in flight."""
+    return _RNG.get()
 
 
 @dataclass
@@ -81,6 +95,7 @@ class _Request:
     future: asyncio.Future = field(repr=False)
     images: list = field(default_factory=list)  # a model of the interface: the images its placeholders show
     order: tuple = ()  # where the request sits in its batch: its executor's key and request count
+    generator: torch.Generator | None = None  # an executor's request: its own (seeded by sample and count)
 
 
 def _lora_config(args):
@@ -146,7 +161,8 @@ class UMMRolloutEngine:
                 self.prompt_meta |= {m["prompt"]: m for m in load_geneval(path)}
             if eval_prompts and self.cfg.eval.steps:
                 self.eval_metas = load_geneval(eval_prompts)[: self.cfg.eval.n]
-        self.generator = torch.Generator().manual_seed(seed + index)
+        self.seed = seed  # executors' requests draw from generators seeded by it, the step, the prompt and sample
+        self.generator = torch.Generator().manual_seed(seed + index)  # calls from outside executors
         self.executor = None
         if agent_func_path:
             from openrlhf.trainer.ray.vllm_engine import _load_agent_executor
@@ -204,6 +220,8 @@ class UMMRolloutEngine:
         count = self.requests[owner] = self.requests.get(owner, -1) + 1
         order = (0, owner, count) if owner is not None else (1, count)  # calls from outside executors go last
         req = _Request(kind, ids, params, use_adapter, loop.create_future(), list(images), order)
+        if owner is not None:
+            req.generator = torch.Generator().manual_seed(_seed(self.seed, self.syncs, owner, count))
         self.pending.append(req)
         self._kick()
         return await req.future
@@ -301,6 +319,7 @@ class UMMRolloutEngine:
             key = (kind, r.use_adapter, p.temperature, getattr(p, "top_k", -1), getattr(p, "min_p", 0.0), text)
             groups.setdefault(key, []).append(i)
         for (kind, adapter, temperature, top_k, min_p, text), idx in groups.items():
+            gens = [batch[i].generator or self.generator for i in idx]  # one per row
             with self._adapter(adapter):
                 if kind == "understand":
                     pixels = self.umm.decode(torch.tensor([batch[i].ids for i in idx]))
@@ -322,7 +341,7 @@ class UMMRolloutEngine:
                     rows, pixels = [batch[i].ids for i in idx], self._pixels([batch[i] for i in idx])
                     ids, mask = left_pad(rows, pad)
                     texts = self.umm.sample_text(
-                        ids, mask, pixels, max_tokens, temperature, self.generator, stop_strings, set(stops)
+                        ids, mask, pixels, max_tokens, temperature, gens, stop_strings, set(stops)
                     )
                     for i, row in zip(idx, texts):
                         reason = "stop" if len(row) < max_tokens or row[-1:] == [self.umm.eos_id] else "length"
@@ -334,7 +353,7 @@ class UMMRolloutEngine:
                     vocab, allowed = (lay.image_offset, None) if allowed == "text" else (None, allowed or None)
                     rows = [batch[i].ids for i in idx]
                     texts = generate_text(
-                        self.umm.backbone, rows, max_tokens, stop, vocab, temperature, self.generator, pad, allowed
+                        self.umm.backbone, rows, max_tokens, stop, vocab, temperature, gens, pad, allowed
                     )
                     for i, row in zip(idx, texts):
                         reason = "stop" if row and row[-1] in stop else "length"
@@ -342,7 +361,7 @@ class UMMRolloutEngine:
                 elif not self.shapes:  # image tokens of a model of the interface: token id = image_offset + code
                     sampling = SamplingConfig(temperature, max(0, top_k), min_p)
                     rows, pixels = [batch[i].ids for i in idx], self._pixels([batch[i] for i in idx])
-                    codes = self.umm.sample_rows(rows, sampling, self.generator, pixel_values=pixels)
+                    codes = self.umm.sample_rows(rows, sampling, gens, pixel_values=pixels)
                     for i, row in zip(idx, codes):
                         tokens = (row + self.umm.image_offset).tolist()
                         out[i] = RequestOutput(batch[i].ids, [Completion(tokens)])
@@ -351,7 +370,7 @@ class UMMRolloutEngine:
                     sampling = SamplingConfig(temperature, max(0, top_k), min_p)
                     rows = [batch[i].ids for i in idx]
                     codes = generate_image_tokens(
-                        self.umm.backbone, lay, rows, sampling=sampling, generator=self.generator, pad_id=pad
+                        self.umm.backbone, lay, rows, sampling=sampling, generator=gens, pad_id=pad
                     )
                     for i, row in zip(idx, codes):
                         out[i] = RequestOutput(batch[i].ids, [Completion(lay.tokens(row))])
@@ -391,6 +410,8 @@ class UMMRolloutEngine:
 
         async def one(sample):
             _OWNER.set((key, rank, sample))  # this task's own context: the requests it makes carry it
+            own = torch.Generator().manual_seed(_seed(self.seed, self.syncs, key, rank, sample, "executor"))
+            _RNG.set((own, _seed(self.seed, self.syncs, key, rank, "group")))
             try:
                 return await self.executor.execute(
                     prompt=prompt,
@@ -428,7 +449,8 @@ class UMMRolloutEngine:
         return len(self.pending)
 
     def record(self, stats: dict) -> None:
-        self.records.append(stats)
+        if self.index == 0:  # the curve's train_* columns: engine 0's share of the rollouts
+            self.records.append(stats)
 
     # ---- weights from the actor ----
     def init_process_group(self, master_address, master_port, rank_offset, world_size, group_name, backend, use_ray):
@@ -445,17 +467,22 @@ class UMMRolloutEngine:
         self.group.broadcast(weight, src=0)
         with torch.no_grad():
             self.params[name].copy_(weight)
-        if empty_cache:  # OpenRLHF flags the last weight of a sync: a step ends
-            self.started, self.ranks, self.requests = 0, {}, {}
-            if self.resync:  # the resumed actor's weights, sent again: not a step
-                self.resync = False
-                return
-            self.syncs += 1
-            if self.log_dir is not None and self.cfg.eval.steps and self.syncs % self.cfg.eval.steps == 0:
-                self.evaluate_and_save()
-            save_steps = self.ckpt.get("save_steps", -1)
-            if save_steps > 0 and self.syncs % save_steps == 0:
-                self.save_state()
+        if empty_cache:  # OpenRLHF flags the last weight of a sync
+            self.step_done()
+
+    def step_done(self):
+        """A weight sync ended, and with it a step: count it, evaluate and checkpoint on schedule."""
+        self.started, self.ranks, self.requests = 0, {}, {}
+        if self.resync:  # the resumed actor's weights, sent again: not a step
+            self.resync = False
+            return
+        self.syncs += 1
+        evaluates = self.log_dir is not None and self.index == 0 and self.cfg.eval.steps  # once, on engine 0
+        if evaluates and self.syncs % self.cfg.eval.steps == 0:
+            self.evaluate_and_save()
+        save_steps = self.ckpt.get("save_steps", -1)
+        if save_steps > 0 and self.syncs % save_steps == 0:
+            self.save_state()
 
     async def reset_prefix_cache(self):
         pass

@@ -33,6 +33,18 @@ class UMMExecutor(AgentExecutorBase):
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
 
+    def rng(self) -> tuple[torch.Generator, torch.Generator]:
+        """(the running sample's generator, a fresh generator of its group: every member draws the same from it).
+        In the UMM engine both are seeded by the run's seed, the step, the prompt and the sample (`engine.
+        rollout_rng`), so a sample's draws do not depend on which engine serves it; elsewhere both are the
+        executor's own generator (a group then shares the draw of its first member, `render`)."""
+        from umm_plugin.openrlhf.engine import rollout_rng
+
+        own = rollout_rng()
+        if own is None:
+            return self.generator, self.generator
+        return own[0], torch.Generator().manual_seed(own[1])
+
     def model(self, llm_engine):
         """The engine's own model (our engine: a UMM or a Janus model), or the small non-backbone parts of a UMM
         loaded next to vLLM's backbone."""
@@ -101,7 +113,7 @@ class UMMExecutor(AgentExecutorBase):
         if key not in self.draws:
             size = head.config.grid * head.config.patch
             high = min(1, steps - 2) if edit else steps - 2  # R3's windows; never the last step
-            t_index, noise = shared_group_draws(1, 1, (3, size, size), 0, high, self.generator)
+            t_index, noise = shared_group_draws(1, 1, (3, size, size), 0, high, self.rng()[1])
             self.draws[key] = (sampling_params, t_index, noise)
         _, t_index, noise = self.draws[key]
         a = R3_A["editing" if edit else "generation"]
@@ -113,7 +125,7 @@ class UMMExecutor(AgentExecutorBase):
             t_index,
             self.cfg.head.eta_form,
             a,
-            self.generator,
+            self.rng()[0],
         )
         record = {"head_x_t": x_t, "head_x_next": x_next, "head_t_index": t_index, "head_a": torch.tensor([a])}
         record.update(head_logp=logp, head_codes=codes[None].long())

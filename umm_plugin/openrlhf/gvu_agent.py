@@ -49,7 +49,7 @@ class AgentExecutor(UMMExecutor):
         pixels = umm.vq.decode(codes[None])
         if self.config.gvu.reencode:
             with torch.no_grad():
-                judged = umm.vq.encode(render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator))[0]
+                judged = umm.vq.encode(render_codes(umm.head, umm.scheduler, codes[None], 4, self.rng()[0]))[0]
         else:
             judged = codes
         context = umm.chat(judged, DESCRIBE)

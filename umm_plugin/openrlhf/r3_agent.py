@@ -38,6 +38,7 @@ import torch
 
 from umm_plugin.algos.r3 import TreeBuffer
 from umm_plugin.models.umm import ASK, DESCRIBE, UMM
+from umm_plugin.openrlhf.engine import rollout_rng
 from umm_plugin.openrlhf.executor import UMMExecutor
 from umm_plugin.rewards.openai_judge import OpenAIJudge
 from umm_plugin.rewards.r3 import (
@@ -64,7 +65,7 @@ class AgentExecutor(UMMExecutor):
         super().__init__()
         self.r3 = self.config.r3
         self.buffer = TreeBuffer(self.r3.buffer_size, self.r3.p_perfect, self.r3.weighting)
-        self.rng = np.random.default_rng(0)
+        self.rng_np = np.random.default_rng(0)  # root draws outside the UMM engine
         # Host calls are told apart by their sampling-params object (one per generate_responses call); each entry
         # keeps that object alive so its id cannot be reused while the entry exists.
         self.groups = {}  # stage 1: id -> (params, prompt, [V], [state])
@@ -77,14 +78,14 @@ class AgentExecutor(UMMExecutor):
     def state_dict(self) -> dict:
         """Also the stage-2 roots (the buffer), the last stage-1 step's groups and the root-drawing generator."""
         groups = [entry[1:] for entry in self.groups.values()]
-        return super().state_dict() | {"buffer": list(self.buffer.entries), "groups": groups, "rng": self.rng}
+        return super().state_dict() | {"buffer": list(self.buffer.entries), "groups": groups, "rng": self.rng_np}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.buffer.entries.clear()
         self.buffer.entries.extend(state["buffer"])
         self.groups = {i: (None, *entry) for i, entry in enumerate(state["groups"])}
-        self.rng = state["rng"]
+        self.rng_np = state["rng"]
 
     def stage(self, llm_engine) -> int:
         if getattr(llm_engine, "syncs", 0) % 2 == 0:
@@ -102,7 +103,9 @@ class AgentExecutor(UMMExecutor):
             return await self.reason_and_generate(prompt, label, sampling_params, llm_engine, images)
         key = id(sampling_params)
         if key not in self.roots:  # the first member of this group draws the group's root
-            self.roots[key] = (sampling_params, self.buffer.draw(self.rng))
+            own = rollout_rng()  # the UMM engine: seeded by the group (engine.rollout_rng); elsewhere the executor's
+            rng = self.rng_np if own is None else np.random.default_rng(own[1])
+            self.roots[key] = (sampling_params, self.buffer.draw(rng))
         return await self.reflect_and_refine(self.roots[key][1], label, sampling_params, llm_engine, images)
 
     async def reason_and_generate(self, prompt, label, sampling_params, llm_engine, images):

@@ -107,7 +107,7 @@ class AgentExecutor(UMMExecutor):
     async def judge_shapes(self, umm, prompt, sampling_params, llm_engine, codes):
         """ShapesWorld: the head's render [H, W, 3], its regions, and the scores of `collect_scores`."""
         with torch.no_grad():
-            pixels = render_codes(umm.head, umm.scheduler, codes[None], 4, self.generator)
+            pixels = render_codes(umm.head, umm.scheduler, codes[None], 4, self.rng()[0])
         boxes, q_codes, questions, owners = judge_questions(umm, pixels, [prompt], self.srum.k)
         values = await self.judge(llm_engine, sampling_params, q_codes, questions)
         if not all(math.isfinite(v) for v in values):
