@@ -7,6 +7,9 @@
 # flags) and PRETRAIN_FLAGS; pretrains the weak base (with PRETRAIN_FLAGS) if BASE has none. MODEL (a recipe's
 # --model) names another model directory, never pretrained; PROMPT_FILE (--prompts) a GenEval-format prompt file
 # used instead of generated ShapesWorld prompts.
+# Topology: ACTORS actor ranks and as many reference ranks (the recipes' --actors, default 1; DeepSpeed data
+# parallel, ZeRO stage ZERO, --zero, default 2), ENGINES rollout engines (--engines, default 1); each engine serves
+# whole prompts (a GRPO group never spans engines).
 # Checkpoints (OpenRLHF's DeepSpeed checkpoint of actor, optimizer, scheduler and prompt position, plus the engine's
 # state) go to $OUT/ckpt every SAVE_STEPS steps (default EVAL_STEPS), the last two kept. A used $OUT is refused
 # unless RESUME=1 (the recipes' --resume: continue from the last checkpoint) or OVERWRITE=1 (--overwrite: delete it).
@@ -44,6 +47,14 @@ ppo_cpu() {
   shift 2
   if [ $((STEPS % EVAL_STEPS)) != 0 ]; then
     echo "--steps $STEPS must be a multiple of $EVAL_STEPS (the engine evaluates and saves every $EVAL_STEPS)" >&2
+    exit 2
+  fi
+  if ! [[ "${ACTORS:-1}" =~ ^[1-9][0-9]*$ ]] || [ $((PROMPTS * G % ${ACTORS:-1})) != 0 ]; then
+    echo "--actors ${ACTORS}: give a number of actor ranks that divides the $((PROMPTS * G)) samples of a step" >&2
+    exit 2
+  fi
+  if ! [[ "${ENGINES:-1}" =~ ^[1-9][0-9]*$ ]] || [[ ! "${ZERO:-2}" =~ ^[23]$ ]]; then
+    echo "--engines ${ENGINES:-1} --zero ${ZERO:-2}: give a positive number of engines and ZeRO stage 2 or 3" >&2
     exit 2
   fi
   mkdir -p "$OUT" && touch "$OUT/.umm-plugin"

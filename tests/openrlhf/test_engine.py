@@ -303,6 +303,13 @@ def test_engine_state_restores_generators_records_and_the_curve(pretrained_dir, 
     restored = UMMRolloutEngine(str(pretrained_dir), **kw)
     assert restored.syncs == 3 and restored.records == engine.records and len(engine.records) == 6
     assert (tmp_path / "curve.csv").read_text().splitlines() == ["step,reward", "0,0.5", "3,0.6"]
+    restored.step_done()  # the weights a resumed actor sends first (the checkpoint's): not a step
+    assert restored.syncs == 3
+    other = UMMRolloutEngine(str(pretrained_dir), **kw)
+    with torch.no_grad():
+        next(iter(other.params.values())).add_(1e-3)  # an actor checkpoint of another run
+    with pytest.raises(RuntimeError, match="differ from those this engine held at step 3"):
+        other.step_done()
     assert _step(restored, PROMPTS) == _step(engine, PROMPTS)
     (tmp_path / "ckpt" / "_actor" / "latest").write_text("global_step9")
     with pytest.raises(FileNotFoundError, match="global_step9_engine0.pt is missing"):

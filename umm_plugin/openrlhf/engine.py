@@ -473,8 +473,13 @@ class UMMRolloutEngine:
     def step_done(self):
         """A weight sync ended, and with it a step: count it, evaluate and checkpoint on schedule."""
         self.started, self.ranks, self.requests = 0, {}, {}
-        if self.resync:  # the resumed actor's weights, sent again: not a step
+        if self.resync:  # the resumed actor's weights, sent again: not a step, but the checkpoint's weights
             self.resync = False
+            if self.weights_digest() != self.resync_digest:
+                raise RuntimeError(
+                    f"the weights the resumed actor sent differ from those this engine held at step {self.syncs}: "
+                    "the actor and engine checkpoints are of different runs"
+                )
             return
         self.syncs += 1
         evaluates = self.log_dir is not None and self.index == 0 and self.cfg.eval.steps  # once, on engine 0
@@ -503,10 +508,20 @@ class UMMRolloutEngine:
     def _state_path(self, tag: str) -> Path:
         return Path(self.ckpt["path"]) / "umm_engine" / f"{tag}_engine{self.index}.pt"
 
+    def weights_digest(self) -> str:
+        """A SHA-256 of every weight the actor syncs, in name order: equal digests, equal weights."""
+        digest = hashlib.sha256()
+        with torch.no_grad():
+            for name in sorted(self.params):
+                digest.update(name.encode())
+                digest.update(self.params[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def save_state(self) -> None:
         """What a resumed run needs to go on as if never stopped, saved beside OpenRLHF's checkpoint of this step
         (written beside, fsynced, renamed); the oldest beyond `--ckpt.max_num` + 1 are removed."""
         state = {"syncs": self.syncs, "generator": self.generator.get_state(), "records": self.records}
+        state["weights"] = self.weights_digest()
         state["executor"] = self.executor.state_dict() if hasattr(self.executor, "state_dict") else None
         path = self._state_path(f"global_step{self.syncs}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -528,6 +543,7 @@ class UMMRolloutEngine:
             )
         state = torch.load(path, weights_only=False)  # the plugin's own file (pickle): only resume trusted runs
         self.syncs, self.records, self.resync = state["syncs"], state["records"], True
+        self.resync_digest = state["weights"]
         self.generator.set_state(state["generator"])
         if state["executor"] is not None:
             self.executor.load_state_dict(state["executor"])
