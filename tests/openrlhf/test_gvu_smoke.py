@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from umm_plugin.models.umm import DESCRIBE, UMM
@@ -88,32 +89,36 @@ def test_run_killed_after_step_1_resumes_to_the_uninterrupted_result(
     same_run(smoke[0], tmp_path, ["actor/model.safetensors", "policy/model.safetensors"])
 
 
+@pytest.mark.parametrize("zero", [2])  # ZeRO-3: see docs/results.md, gvu-smoke-2x2 (KL 0.067 at step 1)
 @pytest.mark.parametrize("smoke", ["full"], indirect=True)
-def test_two_actor_ranks_and_two_engines_train_as_one_of_each(smoke, pretrained_dir, tmp_path):
-    """`--actors 2 --engines 2` (DeepSpeed data parallel over gloo, prompts spread over two engines): the same samples
-    (each draws from a generator of its own, not its engine's), the same step-1 metrics and, after step 1, the same
-    weights as one actor rank and one engine, up to the order of the gradient all-reduce. Both engines hold the
-    actor's weights after every sync."""
+def test_two_actor_ranks_and_two_engines_train_as_one_of_each(smoke, pretrained_dir, tmp_path, zero):
+    """`--actors 2 --engines 2` (DeepSpeed data parallel over gloo, prompts spread over two engines): the same samples (each draws from a generator of its own, not its engine's), the same metrics and the
+    same trained weights as one actor rank and one engine, up to the order of reductions; both engines hold the
+    actor's weights after every sync; evaluation runs once per eval step."""
     env = {"UMM_BASE": str(pretrained_dir), "UMM_OUT": str(tmp_path)}
-    run = _run(["bash", "recipes/gvu.sh", "--smoke", "--actors", "2", "--engines", "2"], **env)
+    run = _run(["bash", "recipes/gvu.sh", "--smoke", "--actors", "2", "--engines", "2", "--zero", str(zero)], **env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     one = smoke[0]
     rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, tmp_path)]
     for key in ("reward", "group_reward_std", "shapes_accuracy", "total_length"):
-        assert rows[1][0][key] == pytest.approx(rows[0][0][key], rel=1e-5, abs=1e-7), key
-    assert rows[1][0]["rollout/num_samples"] == 8
-
-    def module(run, step):  # the actor's weights after `step`, from its DeepSpeed checkpoint
-        path = run / "ckpt" / "_actor" / f"global_step{step}" / "mp_rank_00_model_states.pt"
-        return torch.load(path, weights_only=False)["module"]
-
-    ones, twos, later = module(one, 1), module(tmp_path, 1), module(one, 2)
-    assert ones.keys() == twos.keys()
-    gap = max(float((ones[k] - twos[k]).abs().max()) for k in ones)
-    step = max(float((later[k] - ones[k]).abs().max()) for k in ones)
-    assert gap < 1e-6 < step, (gap, step)  # docs/results.md: the measured gap
+        for a, b in zip(*rows):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    assert [r["rollout/num_samples"] for r in rows[1]] == [8, 8]
+    assert [r["step"] for r in csv.DictReader((tmp_path / "curve.csv").open())] == ["0", "2"]  # evaluated once
+    weights = [load_file(d / "actor" / "model.safetensors") for d in (one, tmp_path)]
+    base = AutoModelForCausalLM.from_pretrained(pretrained_dir).state_dict()
+    assert weights[0].keys() == weights[1].keys()
+    gap = max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0])
+    moved = max(float((weights[0][k] - base[k]).abs().max()) for k in weights[0])
+    # Adam divides by each gradient's own scale, so reduction-order noise in near-zero gradients grows in step 2:
+    # measured 2.1e-6 of 1.6e-4 (docs/results.md, gvu-smoke-2x2).
+    assert gap < 0.05 * moved, (gap, moved)
+    if zero == 2:  # after one step, from the DeepSpeed checkpoints (ZeRO-3 shards them): measured 5.2e-8
+        path = "ckpt/_actor/global_step1/mp_rank_00_model_states.pt"
+        first = [torch.load(d / path, weights_only=False)["module"] for d in (one, tmp_path)]
+        assert max(float((first[0][k] - first[1][k]).abs().max()) for k in first[0]) < 1e-6
     for k in (1, 2):  # each engine's digest of its weights, saved with the checkpoint of that step
         engines = [tmp_path / "ckpt" / "umm_engine" / f"global_step{k}_engine{i}.pt" for i in (0, 1)]
         digests = [torch.load(path, weights_only=False)["weights"] for path in engines]
         assert digests[0] == digests[1]
-    print(f"1x1 vs 2x2 after step 1: max weight gap {gap:.2e} (a step moves weights by up to {step:.2e})")
+    print(f"ZeRO-{zero} 2x2 vs 1x1 after 2 steps: max weight gap {gap:.2e} (training moved weights up to {moved:.2e})")
