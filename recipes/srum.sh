@@ -100,7 +100,7 @@ if [ "$OFFLINE" = 1 ]; then
 fi
 
 if [ "$SMOKE" = 1 ]; then
-  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=16
+  STEPS=2; PROMPTS=2; G=4; EVAL_STEPS=2; EVAL_N=16; SAVE_STEPS=1
 else
   PROMPTS=8; G=8; EVAL_STEPS=50; EVAL_N=400
 fi

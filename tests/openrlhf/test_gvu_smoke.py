@@ -89,36 +89,23 @@ def test_run_killed_after_step_1_resumes_to_the_uninterrupted_result(
     same_run(smoke[0], tmp_path, ["actor/model.safetensors", "policy/model.safetensors"])
 
 
-@pytest.mark.parametrize("zero", [2])  # ZeRO-3: see docs/results.md, gvu-smoke-2x2 (KL 0.067 at step 1)
 @pytest.mark.parametrize("smoke", ["full"], indirect=True)
-def test_two_actor_ranks_and_two_engines_train_as_one_of_each(smoke, pretrained_dir, tmp_path, zero):
-    """`--actors 2 --engines 2` (DeepSpeed data parallel over gloo, prompts spread over two engines): the same samples (each draws from a generator of its own, not its engine's), the same metrics and the
-    same trained weights as one actor rank and one engine, up to the order of reductions; both engines hold the
-    actor's weights after every sync; evaluation runs once per eval step."""
+def test_two_actor_ranks_and_two_engines_train_as_one_of_each(smoke, pretrained_dir, tmp_path, same_training):
+    """`--actors 2 --engines 2` (DeepSpeed ZeRO-2 data parallel over gloo, prompts spread over two engines): the same
+    samples (each draws from a generator of its own, not its engine's), metrics and weights as one actor rank and
+    one engine, up to the order of reductions; both engines hold the same weights after every sync; evaluation runs
+    once per eval step. (ZeRO-3 is not right yet: docs/results.md, gvu-smoke-2x2.)"""
     env = {"UMM_BASE": str(pretrained_dir), "UMM_OUT": str(tmp_path)}
-    run = _run(["bash", "recipes/gvu.sh", "--smoke", "--actors", "2", "--engines", "2", "--zero", str(zero)], **env)
+    run = _run(["bash", "recipes/gvu.sh", "--smoke", "--actors", "2", "--engines", "2"], **env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     one = smoke[0]
-    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, tmp_path)]
-    for key in ("reward", "group_reward_std", "shapes_accuracy", "total_length"):
-        for a, b in zip(*rows):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
-    assert [r["rollout/num_samples"] for r in rows[1]] == [8, 8]
+    gap = same_training(one, tmp_path, ["reward", "group_reward_std", "shapes_accuracy", "total_length"])
     assert [r["step"] for r in csv.DictReader((tmp_path / "curve.csv").open())] == ["0", "2"]  # evaluated once
     weights = [load_file(d / "actor" / "model.safetensors") for d in (one, tmp_path)]
     base = AutoModelForCausalLM.from_pretrained(pretrained_dir).state_dict()
-    assert weights[0].keys() == weights[1].keys()
-    gap = max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0])
+    final = max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0])
     moved = max(float((weights[0][k] - base[k]).abs().max()) for k in weights[0])
     # Adam divides by each gradient's own scale, so reduction-order noise in near-zero gradients grows in step 2:
     # measured 2.1e-6 of 1.6e-4 (docs/results.md, gvu-smoke-2x2).
-    assert gap < 0.05 * moved, (gap, moved)
-    if zero == 2:  # after one step, from the DeepSpeed checkpoints (ZeRO-3 shards them): measured 5.2e-8
-        path = "ckpt/_actor/global_step1/mp_rank_00_model_states.pt"
-        first = [torch.load(d / path, weights_only=False)["module"] for d in (one, tmp_path)]
-        assert max(float((first[0][k] - first[1][k]).abs().max()) for k in first[0]) < 1e-6
-    for k in (1, 2):  # each engine's digest of its weights, saved with the checkpoint of that step
-        engines = [tmp_path / "ckpt" / "umm_engine" / f"global_step{k}_engine{i}.pt" for i in (0, 1)]
-        digests = [torch.load(path, weights_only=False)["weights"] for path in engines]
-        assert digests[0] == digests[1]
-    print(f"ZeRO-{zero} 2x2 vs 1x1 after 2 steps: max weight gap {gap:.2e} (training moved weights up to {moved:.2e})")
+    assert final < 0.05 * moved, (final, moved)
+    print(f"2x2 vs 1x1: weight gap {gap:.2e} after step 1, {final:.2e} after step 2 (trained {moved:.2e})")

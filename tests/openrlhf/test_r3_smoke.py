@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from umm_plugin.openrlhf.head_policy import NAME
+
 pytestmark = pytest.mark.slow  # end-to-end recipe runs in a subprocess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,3 +95,20 @@ def test_run_killed_in_stage_2_resumes_to_the_uninterrupted_result(
     head = "diffusion_head/diffusion_pytorch_model.safetensors"
     files = ["actor/model.safetensors", f"actor/{head}", "policy/model.safetensors", f"policy/{head}"]
     same_run(evaluator_run[0], tmp_path, files)
+
+
+def test_two_actor_ranks_and_two_engines_train_stage_1_as_one_of_each(
+    pretrained_dir, evaluator_run, tmp_path, same_training
+):
+    """`--actors 2 --engines 2`: stage 1 (plans, images, verdicts, text rewards) draws the same samples and trains
+    the backbone and the diffusion head (an actor extension: its gradients averaged over ranks) to the weights of
+    1 x 1. Stage 2 draws its roots from each engine's own stage-1 groups, so it may differ."""
+    env = {"UMM_BASE": str(pretrained_dir), "UMM_OUT": str(tmp_path)}
+    cmd = ["bash", "recipes/r3.sh", "--smoke", "--judge", EVALUATOR[0], "--actors", "2", "--engines", "2"]
+    run = _run([*cmd, "--", *EVALUATOR[1:]], **env)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    same_training(evaluator_run[0], tmp_path, ["reward", "r3_v", "r3_format", "r3_text_reward", "r3_plan_tokens"])
+    path = "ckpt/_actor/global_step1/mp_rank_00_model_states.pt"
+    heads = [torch.load(d / path, weights_only=False)["actor_extensions"][NAME] for d in (evaluator_run[0], tmp_path)]
+    flat = [torch.cat([t.flatten().float() for t in h["head"].values()]) for h in heads]
+    assert (flat[0] - flat[1]).abs().max() < 1e-6

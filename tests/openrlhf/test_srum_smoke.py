@@ -31,11 +31,17 @@ def _eval_loads(model_dir):
     assert "generation" in run.stdout and "understanding" in run.stdout
 
 
+@pytest.fixture(scope="module")
+def online_run(pretrained_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("srum_online")
+    run = _run(["bash", "recipes/srum.sh", "--smoke"], UMM_BASE=str(pretrained_dir), UMM_OUT=str(out))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return out
+
+
 @pytest.mark.slow  # train_ppo_ray end to end
-def test_online_smoke_trains_on_per_token_rewards(pretrained_dir, tmp_path):
-    run = _run(["bash", "recipes/srum.sh", "--smoke"], UMM_BASE=str(pretrained_dir), UMM_OUT=str(tmp_path))
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
+def test_online_smoke_trains_on_per_token_rewards(online_run):
+    tmp_path = online_run
     steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [s["global_step"] for s in steps] == [1, 2]
     for s in steps:
@@ -101,3 +107,20 @@ def test_offline_run_resumed_for_a_second_epoch_equals_one_run_of_two(pretrained
     assert curve(resumed) == curve(tmp_path / "whole") and len(curve(resumed)) == 3
     for f in ("model/model.safetensors", "model/diffusion_head/diffusion_pytorch_model.safetensors"):
         assert (resumed / f).read_bytes() == (tmp_path / "whole" / f).read_bytes(), f
+
+
+@pytest.mark.slow  # train_ppo_ray end to end
+def test_online_two_actor_ranks_and_two_engines_train_as_one_of_each(
+    pretrained_dir, online_run, tmp_path, same_training
+):
+    """`--actors 2 --engines 2`: the same self-judged samples and reward maps (per-token rewards reach the right
+    samples after OpenRLHF splits the batch over ranks) and the same weights after step 1 as 1 x 1."""
+    run = _run(
+        ["bash", "recipes/srum.sh", "--smoke", "--actors", "2", "--engines", "2"],
+        UMM_BASE=str(pretrained_dir),
+        UMM_OUT=str(tmp_path),
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    same_training(
+        online_run, tmp_path, ["reward", "srum_map_mean", "srum_global", "zero_advantage_tokens", "actor_grad_norm"]
+    )
