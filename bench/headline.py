@@ -1,7 +1,8 @@
 """The README's headline per recipe: median and range over RL seeds on the default base a clean machine pretrains.
 
 For each seed it runs the recipe as shipped (`bash recipes/<recipe>.sh -- --train.seed S`, the base pretrained by
-the recipe if missing; a run without its final `actor/`, cut short, is deleted and run again), then evaluates the
+the recipe if missing; a run cut short, without its final `actor/`, goes on from its last checkpoint with
+`--resume`, or without one is deleted and run again), then evaluates the
 base and every final policy on the same held-out prompts (`umm-plugin eval --n N --seed 1`, plain T 1 as the
 rollouts sample; R3 also `--rounds 4`), and prints one markdown
 block: each run's figures, then median [min, max]. The runs and their eval JSON stay under `--out` (a run already
@@ -51,11 +52,14 @@ def main():
     for seed in args.seeds:
         run = out / f"{args.recipe}-seed{seed}"
         if not (run / "actor").is_dir():  # OpenRLHF saves actor/ when training ends; policy/ is saved along the way
-            shutil.rmtree(run, ignore_errors=True)
+            resume = (run / "ckpt" / "_actor" / "latest").is_file()  # cut short after a checkpoint: go on from it
+            if not resume:
+                shutil.rmtree(run, ignore_errors=True)
             t0 = time.time()
             env = os.environ | {"UMM_OUT": str(run), "UMM_BASE": str(base), "UMM_PYTHON": sys.executable}
-            with open(out / f"{args.recipe}-seed{seed}.log", "w") as log:
-                cmd = ["bash", f"recipes/{args.recipe}.sh", *EXTRA[args.recipe], "--", "--train.seed", str(seed)]
+            with open(out / f"{args.recipe}-seed{seed}.log", "a" if resume else "w") as log:
+                cmd = ["bash", f"recipes/{args.recipe}.sh", *EXTRA[args.recipe], *(["--resume"] if resume else [])]
+                cmd += ["--", "--train.seed", str(seed)]
                 subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
             print(f"{run}: {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
         runs[seed] = evaluate(run / "policy", run / f"eval_n{args.n}.json", args.n, rounds)
