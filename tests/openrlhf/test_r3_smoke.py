@@ -1,10 +1,10 @@
 """`recipes/r3.sh --smoke` through the real `python -m openrlhf.cli.train_ppo_ray` with the self and evaluator judges
-(openai end to end: test_janus_smoke.py): step 0 is stage
-1 (plan + image), step 1 stage 2 (reflect + refine from the buffer); the host's `r3_stage` estimator trains on it,
-the engine's evaluation writes R3's round-wise columns, and the checkpoint loads in `umm-plugin eval`. The recipe
-trains the diffusion head beside the backbone (patches/0007): its PPO ratio starts at exactly 1 (the engine's head
-is the actor's after each sync, and the rollout's SDE log-prob is scored again on the same step), it moves, and the
-engine's final head equals the head the actor saved."""
+(openai end to end: test_janus_smoke.py): step 0 is stage 1 (plan + image), step 1 stage 2 (reflect + refine from
+the buffer); the host's `r3_stage` estimator trains on it, the engine's evaluation writes R3's round-wise columns,
+and the checkpoint loads in `umm-plugin eval`. The recipe trains the diffusion head beside the backbone
+(patches/0007): its PPO ratio starts at exactly 1 (the engine's head is the actor's after each sync, and the
+rollout's SDE log-prob is scored again on the same step), it moves, and the engine's final head equals the head the
+actor saved."""
 
 import csv
 import json
