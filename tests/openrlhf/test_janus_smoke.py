@@ -1,9 +1,10 @@
 """`recipes/gvu.sh --model <tiny Janus> --prompts <GenEval file of COCO classes> --smoke` through the real
-`python -m openrlhf.cli.train_ppo_ray`, fully fine-tuned and with `--lora`: it completes and logs GvU's reward, the
-engine's `policy/` is a Janus checkpoint that reloads through the Auto classes, the engine holds the actor's weights
-after the last sync, training moved the weights, and LoRA stays on the language model. `recipes/srum.sh --model`
-runs SRUM online the same way, and `recipes/r3.sh --model` R3's two stages with the self and the openai judge (the
-reflection's picture reaching the actor as pixel values: the RL view refuses placeholders without them)."""
+`python -m openrlhf.cli.train_ppo_ray` with `--lora`: it completes and logs GvU's reward, the engine's `policy/` is a
+Janus checkpoint that reloads through the Auto classes, the engine holds the actor's weights after the last sync,
+training moved the weights, and LoRA stays on the language model. `recipes/srum.sh --model` runs SRUM online the same
+way, and `recipes/r3.sh --model` R3's two stages, fully fine-tuned, with the self and the openai judge (the
+reflection's picture reaching the actor as pixel values: the RL view refuses placeholders without them; the actor's
+own save a Janus checkpoint equal to the engine's)."""
 
 import json
 import os
@@ -30,15 +31,16 @@ def _recipe(recipe, model, prompts, out, *flags):
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
 
 
-@pytest.fixture(scope="module", params=["full", "lora"])
-def smoke(tiny_janus_dir, coco_file, tmp_path_factory, request):
-    out = tmp_path_factory.mktemp(f"janus_smoke_{request.param}")
-    _recipe("gvu", tiny_janus_dir, coco_file, out, *(["--lora"] if request.param == "lora" else []))
-    return out, request.param
+@pytest.fixture(scope="module")
+def smoke(tiny_janus_dir, coco_file, tmp_path_factory):
+    """GvU with LoRA (what a real-size Janus needs); fully fine-tuned Janus runs are the SRUM and R3 tests below."""
+    out = tmp_path_factory.mktemp("janus_smoke_lora")
+    _recipe("gvu", tiny_janus_dir, coco_file, out, "--lora")
+    return out
 
 
 def test_janus_smoke_logs_the_gvu_reward(smoke):
-    out, _ = smoke
+    out = smoke
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["global_step"] for s in steps] == [1, 2]
     for s in steps:
@@ -50,31 +52,21 @@ def test_janus_smoke_logs_the_gvu_reward(smoke):
 
 
 def test_janus_smoke_policy_is_the_actors_janus_checkpoint(smoke, tiny_janus_dir):
-    out, mode = smoke
+    out = smoke
     policy = AutoModelForImageTextToText.from_pretrained(out / "policy")
     assert type(policy).__name__ == "JanusForConditionalGeneration"
     assert type(AutoProcessor.from_pretrained(out / "policy")).__name__ == "JanusProcessor"
     base = load_file(tiny_janus_dir / "model.safetensors")
     engine = {k: v for k, v in policy.state_dict().items() if k in base}
-    if mode == "lora":
-        actor = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_janus_dir), out / "actor")
-        actor = actor.merge_and_unload().state_dict()
-        targets = json.loads((out / "actor" / "adapter_config.json").read_text())["target_modules"]
-        assert targets and all(t.startswith("model.language_model.layers.") for t in targets)
-    else:
-        assert json.loads((out / "actor" / "config.json").read_text())["architectures"] == [
-            "JanusForConditionalGeneration"
-        ]
-        assert type(AutoProcessor.from_pretrained(out / "actor")).__name__ == "JanusProcessor"
-        actor = AutoModelForImageTextToText.from_pretrained(out / "actor").state_dict()
+    actor = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_janus_dir), out / "actor")
+    actor = actor.merge_and_unload().state_dict()
+    targets = json.loads((out / "actor" / "adapter_config.json").read_text())["target_modules"]
+    assert targets and all(t.startswith("model.language_model.layers.") for t in targets)
     for name, value in engine.items():  # the sync is exact: the engine saved what the actor trained
         torch.testing.assert_close(value, actor[name], atol=1e-6, rtol=0, msg=name)
     moved = {k for k in engine if not torch.equal(engine[k], base[k])}
     assert any(k.startswith("model.language_model.layers.") for k in moved)
-    if mode == "lora":  # the adapter touches the language model's linear layers, nothing else
-        assert all(k.startswith("model.language_model.layers.") for k in moved)
-    else:  # full fine-tuning trains the generation head too
-        assert "model.generation_head.vision_head.weight" in moved
+    assert all(k.startswith("model.language_model.layers.") for k in moved)  # the adapter's layers, nothing else
 
 
 def test_srum_online_on_janus_trains_through_train_ppo_ray(tiny_janus_dir, coco_file, tmp_path):
@@ -89,6 +81,14 @@ def test_srum_online_on_janus_trains_through_train_ppo_ray(tiny_janus_dir, coco_
     assert not torch.equal(
         policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
     )
+    # Fully fine-tuned, the actor's own save is a Janus checkpoint too, with the engine's (synced) weights.
+    assert json.loads((tmp_path / "actor" / "config.json").read_text())["architectures"] == [
+        "JanusForConditionalGeneration"
+    ]
+    assert type(AutoProcessor.from_pretrained(tmp_path / "actor")).__name__ == "JanusProcessor"
+    actor = AutoModelForImageTextToText.from_pretrained(tmp_path / "actor").state_dict()
+    for name in base:  # the sync is exact: the engine saved what the actor trained
+        torch.testing.assert_close(policy[name], actor[name], atol=1e-6, rtol=0, msg=name)
 
 
 def test_srum_offline_on_janus_trains_its_image_tokens_by_the_weighted_nll(tiny_janus_dir, coco_file, tmp_path):
@@ -131,3 +131,11 @@ def test_r3_on_janus_with_the_openai_judge_on_a_loopback_server(tiny_janus_dir, 
     assert not torch.equal(
         policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
     )
+    # Fully fine-tuned, the actor's own save is a Janus checkpoint too, with the engine's (synced) weights.
+    assert json.loads((tmp_path / "actor" / "config.json").read_text())["architectures"] == [
+        "JanusForConditionalGeneration"
+    ]
+    assert type(AutoProcessor.from_pretrained(tmp_path / "actor")).__name__ == "JanusProcessor"
+    actor = AutoModelForImageTextToText.from_pretrained(tmp_path / "actor").state_dict()
+    for name in base:  # the sync is exact: the engine saved what the actor trained
+        torch.testing.assert_close(policy[name], actor[name], atol=1e-6, rtol=0, msg=name)
