@@ -69,6 +69,21 @@ def test_janus_smoke_policy_is_the_actors_janus_checkpoint(smoke, tiny_janus_dir
     assert all(k.startswith("model.language_model.layers.") for k in moved)  # the adapter's layers, nothing else
 
 
+def _fully_fine_tuned(base_dir, out, policy):
+    """A fully fine-tuned run moved the generation head, and the actor's own save is a Janus checkpoint holding the
+    engine's (synced) weights."""
+    base = load_file(base_dir / "model.safetensors")
+    assert not torch.equal(
+        policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
+    )
+    config = json.loads((out / "actor" / "config.json").read_text())
+    assert config["architectures"] == ["JanusForConditionalGeneration"]
+    assert type(AutoProcessor.from_pretrained(out / "actor")).__name__ == "JanusProcessor"
+    actor = AutoModelForImageTextToText.from_pretrained(out / "actor").state_dict()
+    for name in base:  # the sync is exact: the engine saved what the actor trained
+        torch.testing.assert_close(policy[name], actor[name], atol=1e-6, rtol=0, msg=name)
+
+
 def test_srum_online_on_janus_trains_through_train_ppo_ray(tiny_janus_dir, coco_file, tmp_path):
     _recipe("srum", tiny_janus_dir, coco_file, tmp_path)
     steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -77,18 +92,7 @@ def test_srum_online_on_janus_trains_through_train_ppo_ray(tiny_janus_dir, coco_
         assert 0 <= s["srum_map_mean"] <= 1 and s["reward"] == pytest.approx(s["srum_map_mean"])
         assert s["srum_regions"] >= 1 and 0 <= s["srum_found"] <= 1 and 0 < s["srum_claimed"] <= 1
     policy = AutoModelForImageTextToText.from_pretrained(tmp_path / "policy").state_dict()
-    base = load_file(tiny_janus_dir / "model.safetensors")
-    assert not torch.equal(
-        policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
-    )
-    # Fully fine-tuned, the actor's own save is a Janus checkpoint too, with the engine's (synced) weights.
-    assert json.loads((tmp_path / "actor" / "config.json").read_text())["architectures"] == [
-        "JanusForConditionalGeneration"
-    ]
-    assert type(AutoProcessor.from_pretrained(tmp_path / "actor")).__name__ == "JanusProcessor"
-    actor = AutoModelForImageTextToText.from_pretrained(tmp_path / "actor").state_dict()
-    for name in base:  # the sync is exact: the engine saved what the actor trained
-        torch.testing.assert_close(policy[name], actor[name], atol=1e-6, rtol=0, msg=name)
+    _fully_fine_tuned(tiny_janus_dir, tmp_path, policy)
 
 
 def test_srum_offline_on_janus_trains_its_image_tokens_by_the_weighted_nll(tiny_janus_dir, coco_file, tmp_path):
@@ -127,15 +131,4 @@ def test_r3_on_janus_with_the_openai_judge_on_a_loopback_server(tiny_janus_dir, 
     steps, policy = _r3_steps(tmp_path)
     assert steps[0]["r3_v"] == pytest.approx(0.5) and all(s["actor_grad_norm"] > 0 for s in steps)
     assert len(server.requests) >= 8 and all(r["body"]["model"] == "coco-vlm" for r in server.requests)
-    base = load_file(tiny_janus_dir / "model.safetensors")
-    assert not torch.equal(
-        policy["model.generation_head.vision_head.weight"], base["model.generation_head.vision_head.weight"]
-    )
-    # Fully fine-tuned, the actor's own save is a Janus checkpoint too, with the engine's (synced) weights.
-    assert json.loads((tmp_path / "actor" / "config.json").read_text())["architectures"] == [
-        "JanusForConditionalGeneration"
-    ]
-    assert type(AutoProcessor.from_pretrained(tmp_path / "actor")).__name__ == "JanusProcessor"
-    actor = AutoModelForImageTextToText.from_pretrained(tmp_path / "actor").state_dict()
-    for name in base:  # the sync is exact: the engine saved what the actor trained
-        torch.testing.assert_close(policy[name], actor[name], atol=1e-6, rtol=0, msg=name)
+    _fully_fine_tuned(tiny_janus_dir, tmp_path, policy)

@@ -26,13 +26,6 @@ class UMMExecutor(AgentExecutorBase):
         self.generator = torch.Generator().manual_seed(0)
         self.draws, self.draws_sync = {}, None  # --umm.head.rl: id(sampling params) -> (params, t_index, noise)
 
-    def state_dict(self) -> dict:
-        """What a resumed run restores (the engine saves it with each checkpoint): the random generator."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
     def rng(self) -> tuple[torch.Generator, torch.Generator]:
         """(the running sample's generator, a fresh generator of its group: every member draws the same from it).
         In the UMM engine both are seeded by the run's seed, the step, the prompt and the sample (`engine.

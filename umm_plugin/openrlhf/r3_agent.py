@@ -76,16 +76,15 @@ class AgentExecutor(UMMExecutor):
             self.openai = OpenAIJudge(judge.url, judge.model, timeout=judge.timeout, retries=judge.retries)
 
     def state_dict(self) -> dict:
-        """Also the stage-2 roots (the buffer), the last stage-1 step's groups and the root-drawing generator."""
+        """What the engine saves with a checkpoint: the stage-2 roots (the buffer) and the last stage-1 step's groups
+        (the draws need no state in the UMM engine: they are seeded per group, `engine.rollout_rng`)."""
         groups = [entry[1:] for entry in self.groups.values()]
-        return super().state_dict() | {"buffer": list(self.buffer.entries), "groups": groups, "rng": self.rng_np}
+        return {"buffer": list(self.buffer.entries), "groups": groups}
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
         self.buffer.entries.clear()
         self.buffer.entries.extend(state["buffer"])
         self.groups = {i: (None, *entry) for i, entry in enumerate(state["groups"])}
-        self.rng_np = state["rng"]
 
     def stage(self, llm_engine) -> int:
         if getattr(llm_engine, "syncs", 0) % 2 == 0:
