@@ -1,5 +1,6 @@
 # Sourced by the RL recipes: `ppo_cpu AGENT_MODULE ESTIMATOR [extra train_ppo_ray flags]` runs OpenRLHF's real
-# train_ppo_ray on CPU (Ray + DeepSpeed on gloo, the plugin's UMM rollout engine) on the ShapesWorld base.
+# train_ppo_ray on CPU (Ray + DeepSpeed on gloo, the plugin's UMM rollout engine; GPU=1: on GPUs) on the ShapesWorld
+# base.
 # Reads from the recipe: PY, BASE, OUT, STEPS, PROMPTS (per step), G (samples per prompt), EVAL_STEPS, EVAL_N, LR
 # (default 2e-4), LORA_RANK (default 8: LoRA r 8 alpha 32 on every linear layer; 0: full fine-tuning), KL_BETA (k3
 # KL loss coefficient, default the GvU authors' 0.03), LR_SCHEDULER and MIN_LR_RATIO (default constant lr), TAGS
@@ -13,7 +14,9 @@
 # Checkpoints (OpenRLHF's DeepSpeed checkpoint of actor, optimizer, scheduler and prompt position, plus the engine's
 # state) go to $OUT/ckpt every SAVE_STEPS steps (default EVAL_STEPS), the last two kept. A used $OUT is refused
 # unless RESUME=1 (the recipes' --resume: continue from the last checkpoint) or OVERWRITE=1 (--overwrite: delete it).
-# On GPUs drop --ds.device, --ds.param_dtype fp32 and --vllm.sync_backend gloo.
+# GPU=1 (the recipes' --gpu): actor, reference and engine ranks share GPUs (--train.colocate_all: actor rank i's
+# GPU holds reference rank i and engine i, so ENGINES <= ACTORS), bf16, SDPA attention; weights still sync over gloo.
+# MAX_LEN (--data.max_len): 256 on ShapesWorld, 1024 with MODEL (a Janus-Pro image is 576 tokens).
 # Image tokens are sampled at plain T 1 (the plugin's default min-p 0): under the GvU authors' min-p 0.03 the
 # ShapesWorld weak base draws almost nothing; `-- --umm.sampling.min_p 0.03` restores their sampler.
 ppo_cpu() {
@@ -71,21 +74,32 @@ ppo_cpu() {
   # Each actor and reference rank reserves one CPU, each engine another: a local Ray on fewer cores is told it has
   # that many (the ranks then share the cores), a cluster (RAY_ADDRESS) is taken as it is.
   local cpus=$((2 * ${ACTORS:-1} + ${ENGINES:-1}))
-  if [ -z "${RAY_ADDRESS:-}" ] && [ "$cpus" -gt "$(nproc)" ]; then export RAY_OVERRIDE_RESOURCES="{\"CPU\": $cpus}"; fi
+  local device=(--ds.device cpu --ds.param_dtype fp32 --ds.attn_implementation eager)
+  if [ "${GPU:-0}" = 1 ]; then
+    device=(--ds.device cuda --ds.param_dtype bf16 --ds.attn_implementation sdpa --train.colocate_all)
+  elif [ -z "${RAY_ADDRESS:-}" ] && [ "$cpus" -gt "$(nproc)" ]; then
+    export RAY_OVERRIDE_RESOURCES="{\"CPU\": $cpus}"
+  fi
+  # Micro-batches: a rank's whole share on CPU; 4 sequences on a GPU (a Janus-Pro-1B forward over 4 rollouts holds
+  # 1.2 GB of fp32 logits over its 118 784 text and image ids).
+  local micro=$((PROMPTS * G / ${ACTORS:-1}))
+  if [ "${GPU:-0}" = 1 ] && [ $((micro % 4)) = 0 ]; then micro=4; fi
+  local max_len=256
+  if [ -n "${MODEL:-}" ]; then max_len=1024; fi
   RAY_DEDUP_LOGS=0 TOKENIZERS_PARALLELISM=false "$PY" -m openrlhf.cli.train_ppo_ray \
     --plugins umm_plugin.openrlhf.plugin:register \
     --rollout.engine umm_plugin.openrlhf.engine:create_engines \
     --train.agent_func_path "$agent" \
     --actor.model_name_or_path "$BASE" \
     --data.prompt_dataset "$train" --data.input_key prompt --data.label_key tag \
-    --data.max_len 256 --rollout.max_new_tokens 64 \
-    --ds.device cpu --ds.param_dtype fp32 --ds.zero_stage "${ZERO:-2}" --ds.attn_implementation eager \
+    --data.max_len "${MAX_LEN:-$max_len}" --rollout.max_new_tokens 64 \
+    "${device[@]}" --ds.zero_stage "${ZERO:-2}" \
     --vllm.sync_backend gloo --vllm.num_engines "${ENGINES:-1}" \
     --actor.num_nodes 1 --actor.num_gpus_per_node "${ACTORS:-1}" \
     --ref.num_nodes 1 --ref.num_gpus_per_node "${ACTORS:-1}" \
     --rollout.batch_size $PROMPTS --rollout.n_samples_per_prompt $G \
-    --rollout.micro_batch_size $((PROMPTS * G / ${ACTORS:-1})) --train.batch_size $((PROMPTS * G)) \
-    --train.micro_batch_size $((PROMPTS * G / ${ACTORS:-1})) --train.max_epochs 1 \
+    --rollout.micro_batch_size $micro --train.batch_size $((PROMPTS * G)) \
+    --train.micro_batch_size $micro --train.max_epochs 1 \
     --train.num_episodes 1 --data.max_samples $((STEPS * PROMPTS)) \
     --algo.advantage.estimator "$estimator" --algo.kl.use_loss --algo.kl.estimator k3 \
     --algo.kl.init_coef "${KL_BETA:-0.03}" \

@@ -3,7 +3,7 @@
 # OpenRLHF's real train_ppo_ray.
 #
 #   bash recipes/r3.sh [--model DIR] [--prompts FILE] [--judge self|evaluator|openai] [--smoke]
-#                      [--resume|--overwrite] [--actors N] [--engines N] [--zero 2|3] [--faithful] [--lora]
+#                      [--resume|--overwrite] [--actors N] [--engines N] [--zero 2|3] [--gpu] [--faithful] [--lora]
 #                      [--steps N] [-- extra flags]
 #
 # Even steps are stage 1 (plan + image from the prompt), odd steps stage 2 (reflect + refine from a buffered stage-1
@@ -56,6 +56,7 @@ while [ $# -gt 0 ]; do
     --actors) ACTORS=$2; shift 2 ;;
     --engines) ENGINES=$2; shift 2 ;;
     --zero) ZERO=$2; shift 2 ;;
+    --gpu) GPU=1; shift ;;
     --overwrite) OVERWRITE=1; shift ;;
     --judge) JUDGE=$2; shift 2 ;;
     --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
@@ -63,7 +64,7 @@ while [ $# -gt 0 ]; do
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --) shift; break ;;
     *) echo "r3.sh: unknown option $1 (use --model DIR, --prompts FILE, --judge J, --smoke, --resume," \
-         "--overwrite, --actors N, --engines N, --zero 2|3, --faithful, --lora," \
+         "--overwrite, --actors N, --engines N, --zero 2|3, --gpu, --faithful, --lora," \
          "--steps N, -- extra flags)" >&2
        exit 2 ;;
   esac
@@ -82,4 +83,4 @@ fi
 OUT=${UMM_OUT:-runs/$NAME}
 source recipes/ppo_cpu.sh
 ppo_cpu umm_plugin.openrlhf.r3_agent r3_stage --r3.judge "$JUDGE" --r3.eval_rounds $ROUNDS \
-  --data.max_len $MAX_LEN --umm.head.rl $HEAD_RL "${R3_FLAGS[@]}" "$@"
+  --umm.head.rl $HEAD_RL "${R3_FLAGS[@]}" "$@"

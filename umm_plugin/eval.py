@@ -316,7 +316,7 @@ def evaluate_geneval(model, metas: list[dict], sampling=SamplingConfig(), seed=0
     the model itself, GvU's reward exp(mean log p(prompt | image)) and the share of yes/no checks answered yes (the
     line's `yn_question_list`, else the model's own question `model.ask`), per tag and overall. No exact evaluator:
     that needs the world the prompts come from. Returns (report, images in prompt order)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(model.device).manual_seed(seed)
     rewards, checks, images = [], [], []
     for i in range(0, len(metas), chunk):
         part = metas[i : i + chunk]

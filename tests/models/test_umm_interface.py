@@ -80,3 +80,15 @@ def test_geneval_evaluation_runs_on_the_shapesworld_model(tiny_umm):
     assert report["by_tag"]["overall"]["n"] == 6 and 0 < report["by_tag"]["overall"]["gvu_reward"] <= 1
     assert all(0 <= r["yes_no_pass"] <= 1 for r in report["per_prompt"])
     assert np.isfinite([r["gvu_reward"] for r in report["per_prompt"]]).all()
+
+
+def test_load_model_places_a_janus_and_keeps_shapesworld_on_cpu(pretrained_dir, tiny_janus_dir):
+    from umm_plugin.models.interface import load_model
+    from umm_plugin.models.umm import ModelError
+
+    janus = load_model(tiny_janus_dir, "cpu", torch.bfloat16)  # what a GPU engine asks for, on the CPU here
+    assert isinstance(janus, UnifiedModel) and janus.device == torch.device("cpu")
+    assert {p.dtype for p in janus.model.parameters()} == {torch.bfloat16}
+    assert load_model(pretrained_dir).device == torch.device("cpu")
+    with pytest.raises(ModelError, match="is a ShapesWorld model: it runs on CPU"):
+        load_model(pretrained_dir, "cuda")

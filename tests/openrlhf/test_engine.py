@@ -314,3 +314,28 @@ def test_engine_state_restores_generators_records_and_the_curve(pretrained_dir, 
     (tmp_path / "ckpt" / "_actor" / "latest").write_text("global_step9")
     with pytest.raises(FileNotFoundError, match="global_step9_engine0.pt is missing"):
         UMMRolloutEngine(str(pretrained_dir), **kw)
+
+
+def test_engines_are_placed_as_openrlhf_places_vllm_engines(tmp_path):
+    """CPU runs and ShapesWorld models: one CPU per engine; GPU runs: a GPU of its own, or with --train.colocate_all
+    a 0.2 share of actor rank i's bundle (beside the actor and reference ranks there)."""
+    from types import SimpleNamespace
+
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from umm_plugin.openrlhf.engine import placement
+
+    shapes, janus = tmp_path / "shapes", tmp_path / "janus"
+    shapes.mkdir(), janus.mkdir(), (shapes / "umm_config.json").write_text("{}")
+
+    def args(device, model):
+        return SimpleNamespace(ds=SimpleNamespace(device=device), actor=SimpleNamespace(model_name_or_path=str(model)))
+
+    pg = object()  # the driver's placement group, only handed on
+    assert placement(args("cpu", janus), 1, pg) == {"num_cpus": 1, "num_gpus": 0}
+    assert placement(args("cuda", shapes), 1, pg) == {"num_cpus": 1, "num_gpus": 0}  # ShapesWorld stays on CPU
+    assert placement(args("cuda", janus), 1) == {"num_cpus": 1, "num_gpus": 1}
+    shared = placement(args("cuda", janus), 1, pg)
+    strategy = shared.pop("scheduling_strategy")
+    assert shared == {"num_cpus": 0.2, "num_gpus": 0.2} and isinstance(strategy, PlacementGroupSchedulingStrategy)
+    assert strategy.placement_group is pg and strategy.placement_group_bundle_index == 1

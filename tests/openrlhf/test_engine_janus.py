@@ -67,6 +67,17 @@ def test_gvu_executor_on_janus_scores_the_decoded_image(tiny_janus_dir, flags, i
     assert set(results[0]["extra_logs"]) == {"gvu_reward"}  # COCO classes: no ShapesWorld evaluator to log
 
 
+def test_a_rollout_longer_than_max_len_is_an_error_not_a_cut(tiny_janus_dir, flags):
+    """OpenRLHF cuts an observation to --data.max_len, and the actions with it: the engine refuses it instead."""
+    engine = UMMRolloutEngine(str(tiny_janus_dir), seed=0, agent_func_path=gvu_agent.__file__)
+    n = len(engine.umm.generation_prompt(PROMPT)) + engine.umm.image_tokens
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    with pytest.raises(ValueError, match=f"a rollout of {n} tokens is longer than --data.max_len {n - 1}"):
+        asyncio.run(engine.generate_responses(PROMPT, "two_object", params, n - 1, None, num_samples=2))
+    (exact,) = asyncio.run(engine.generate_responses(PROMPT, "two_object", params, n, None))
+    assert len(exact["observation_tokens"]) == n
+
+
 def test_janus_image_requests_are_the_samplers_codes_and_others_are_refused(tiny_janus_dir, flags):
     engine = UMMRolloutEngine(str(tiny_janus_dir), seed=0, agent_func_path=None)
     janus = engine.umm

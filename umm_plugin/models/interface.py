@@ -23,6 +23,7 @@ class UnifiedModel(Protocol):
     image_size: int  # pixels per side of a decoded image
     describe: str  # the instruction before GvU's judged text ("Describe the image.")
     ask: str  # the yes/no question about a prompt, with a {prompt} field ("Is this {prompt}?")
+    device: torch.device  # where its weights are: a sampler's generators must be on it
 
     def generation_prompt(self, prompt: str) -> list[int]:
         """Token ids after which the first image token is sampled (the chat template and begin-of-image)."""
@@ -67,9 +68,9 @@ class UnifiedModel(Protocol):
     def save_pretrained(self, path) -> None: ...
 
 
-def load_model(path):
-    """The model in a directory, by what the directory holds: a ShapesWorld UMM (`umm_config.json`) or a Janus
-    checkpoint (`config.json` with model_type janus)."""
+def load_model(path, device="cpu", dtype=None):
+    """The model in a directory, by what the directory holds: a ShapesWorld UMM (`umm_config.json`, CPU only) or a
+    Janus checkpoint (`config.json` with model_type janus) in `dtype` (None: as saved) on `device`."""
     import json
     from pathlib import Path
 
@@ -81,6 +82,8 @@ def load_model(path):
     if (path / "umm_config.json").is_file():
         from umm_plugin.models.umm import UMM
 
+        if str(device) != "cpu":
+            raise ModelError(f"{path} is a ShapesWorld model: it runs on CPU (device {device} asked for)")
         return UMM.from_pretrained(path)
     config = path / "config.json"
     if not config.is_file():
@@ -92,5 +95,7 @@ def load_model(path):
     if kind == "janus":
         from umm_plugin.models.janus import JanusUMM
 
-        return JanusUMM.from_pretrained(path)
+        janus = JanusUMM.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+        janus.model.to(device)
+        return janus
     raise ModelError(f"{config}: model_type {kind!r} is not supported; supported: the ShapesWorld UMM, janus")

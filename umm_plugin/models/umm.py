@@ -191,6 +191,10 @@ class UMM:
         )
         self.words = set(tokenizer.get_vocab()) - {image_code_token(c) for c in range(vq.num_codes)}
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
     @classmethod
     def build(cls, words, vq: PatchVQ, hidden: int = 128, layers: int = 4, heads: int = 4, seed: int = 0) -> "UMM":
         """A randomly initialised model (seeded) around a fitted visual tokenizer."""

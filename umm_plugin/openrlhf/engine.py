@@ -1,5 +1,5 @@
-"""A rollout engine for OpenRLHF that serves a ShapesWorld/HF UMM on CPU: `--rollout.engine
-umm_plugin.openrlhf.engine:create_engines` (patches/0003).
+"""A rollout engine for OpenRLHF that serves a unified model (ShapesWorld's on CPU, Janus on CPU or a GPU):
+`--rollout.engine umm_plugin.openrlhf.engine:create_engines` (patches/0003).
 
 It is a Ray actor answering the calls OpenRLHF and rollout executors make on vLLM's RolloutRayActor: `generate`
 (token ids + SamplingParams -> a vLLM-shaped RequestOutput, with `prompt_logprobs` and `allowed_token_ids`),
@@ -126,9 +126,12 @@ class UMMRolloutEngine:
         prompt_files=(),
         share=0,
         ckpt=None,
+        device="cpu",
+        dtype=None,
     ):
         """`share`: prompts this engine serves per step (0: start each call at once); `ckpt`: OpenRLHF's checkpoint
-        settings {"path", "save_steps", "max_num", "load"} (None: never save or restore)."""
+        settings {"path", "save_steps", "max_num", "load"} (None: never save or restore); `device` and `dtype`: where
+        and in what a model of the interface runs (ShapesWorld's runs on CPU as saved)."""
         from umm_plugin.openrlhf.config import plugin_config
 
         config = plugin_config()
@@ -136,8 +139,8 @@ class UMMRolloutEngine:
         # The rollout sampler (--rollout.temperature with --umm.sampling.*) is also what evaluation uses.
         self.sampling = dataclasses.replace(self.cfg.sampling, temperature=temperature)
         self.kwargs = {"model": model_dir}  # what executors read on vLLM's actor too
-        self.umm = load_model(model_dir)
-        self.shapes = isinstance(self.umm, UMM)
+        self.umm = load_model(model_dir, device, dtype)
+        self.shapes, self.device = isinstance(self.umm, UMM), torch.device(device)
         self.peft = None  # LoRA injects its layers in place; the wrapper names the weights and switches them off
         if lora is not None:
             from peft import get_peft_model
@@ -162,7 +165,7 @@ class UMMRolloutEngine:
             if eval_prompts and self.cfg.eval.steps:
                 self.eval_metas = load_geneval(eval_prompts)[: self.cfg.eval.n]
         self.seed = seed  # executors' requests draw from generators seeded by it, the step, the prompt and sample
-        self.generator = torch.Generator().manual_seed(seed + index)  # calls from outside executors
+        self.generator = torch.Generator(self.device).manual_seed(seed + index)  # calls from outside executors
         self.executor = None
         if agent_func_path:
             from openrlhf.trainer.ray.vllm_engine import _load_agent_executor
@@ -221,7 +224,7 @@ class UMMRolloutEngine:
         order = (0, owner, count) if owner is not None else (1, count)  # calls from outside executors go last
         req = _Request(kind, ids, params, use_adapter, loop.create_future(), list(images), order)
         if owner is not None:
-            req.generator = torch.Generator().manual_seed(_seed(self.seed, self.syncs, owner, count))
+            req.generator = torch.Generator(self.device).manual_seed(_seed(self.seed, self.syncs, owner, count))
         self.pending.append(req)
         self._kick()
         return await req.future
@@ -413,7 +416,7 @@ class UMMRolloutEngine:
             own = torch.Generator().manual_seed(_seed(self.seed, self.syncs, key, rank, sample, "executor"))
             _RNG.set((own, _seed(self.seed, self.syncs, key, rank, "group")))
             try:
-                return await self.executor.execute(
+                out = await self.executor.execute(
                     prompt=prompt,
                     label=label,
                     sampling_params=sampling_params,
@@ -422,6 +425,12 @@ class UMMRolloutEngine:
                     llm_engine=self,
                     images=images,
                 )
+                if len(out["observation_tokens"]) > max_length:  # OpenRLHF would cut it, and its actions with it
+                    raise ValueError(
+                        f"a rollout of {len(out['observation_tokens'])} tokens is longer than --data.max_len "
+                        f"{max_length}: raise --data.max_len (in a recipe: -- --data.max_len N)"
+                    )
+                return out
             finally:
                 self.live -= 1
                 self._kick()
@@ -461,6 +470,8 @@ class UMMRolloutEngine:
         self.group = stateless_init_process_group(master_address, master_port, rank_offset, world_size, "cpu", backend)
 
     def update_weight(self, name, dtype, shape, empty_cache=False):
+        """One weight from actor rank 0, received in host memory over gloo (whatever device either side computes
+        on), then copied into the engine's weight (cast to its dtype)."""
         if name not in self.params:
             raise KeyError(f"weight {name!r} from the actor has no counterpart in the engine (LoRA settings differ?)")
         weight = torch.empty(shape, dtype=dtype)
@@ -514,7 +525,7 @@ class UMMRolloutEngine:
         with torch.no_grad():
             for name in sorted(self.params):
                 digest.update(name.encode())
-                digest.update(self.params[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
+                digest.update(self.params[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
     def save_state(self) -> None:
@@ -597,9 +608,25 @@ class UMMRolloutEngine:
         return row
 
 
+def placement(args, index: int, shared_pg=None) -> dict:
+    """Ray options of engine `index`, as OpenRLHF places its vLLM engines: on CPU (`--ds.device cpu`, or a
+    ShapesWorld model) one CPU; on GPUs its own GPU, or with `--train.colocate_all` (`shared_pg`, one bundle per
+    actor rank) a share of actor rank `index`'s GPU beside the actor and reference ranks."""
+    if args.ds.device != "cuda" or (Path(args.actor.model_name_or_path) / "umm_config.json").is_file():
+        return {"num_cpus": 1, "num_gpus": 0}
+    if shared_pg is None:
+        return {"num_cpus": 1, "num_gpus": 1}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(placement_group=shared_pg, placement_group_bundle_index=index)
+    return {"num_cpus": 0.2, "num_gpus": 0.2, "scheduling_strategy": strategy}
+
+
 def create_engines(args, shared_pg=None):
-    """`--rollout.engine` factory: `--vllm.num_engines` UMM engines, 1 CPU each."""
+    """`--rollout.engine` factory: `--vllm.num_engines` UMM engines, placed by `placement`; on a GPU a model of the
+    interface runs in `--ds.param_dtype`."""
     import ray
+    from openrlhf.utils.utils import convert_to_torch_dtype
 
     from umm_plugin.openrlhf.config import plugin_config
 
@@ -613,8 +640,9 @@ def create_engines(args, shared_pg=None):
     prompts = getattr(args.rollout, "vllm_generate_batch_size", None) or args.rollout.batch_size
     ckpt = {"path": args.ckpt.path, "save_steps": args.ckpt.save_steps, "max_num": args.ckpt.max_num}
     ckpt["load"] = bool(args.ckpt.load_enable)
+    gpu = placement(args, 0, shared_pg)["num_gpus"] > 0
     return [
-        actor.options(num_cpus=1, num_gpus=0).remote(
+        actor.options(**placement(args, i, shared_pg)).remote(
             args.actor.model_name_or_path,
             args.train.seed,
             args.train.agent_func_path,
@@ -626,6 +654,8 @@ def create_engines(args, shared_pg=None):
             [p for p in (args.data.prompt_dataset, args.eval.dataset) if p],
             len(range(i, prompts, engines)),
             ckpt,
+            "cuda" if gpu else "cpu",
+            convert_to_torch_dtype(args.ds.param_dtype) if gpu else None,
         )
         for i in range(engines)
     ]

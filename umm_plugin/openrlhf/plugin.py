@@ -61,6 +61,14 @@ def check(parser, args) -> None:
                 "LoRA (--ds.lora.rank > 0, the reference is the adapter off) or --rollout.engine "
                 "umm_plugin.openrlhf.engine:create_engines"
             )
+        if ours and args.vllm.sync_backend != "gloo":
+            raise ValueError(f"--vllm.sync_backend {args.vllm.sync_backend}: the UMM engine syncs weights over gloo")
+        ranks = args.actor.num_nodes * args.actor.num_gpus_per_node
+        if ours and args.train.colocate_all and (args.vllm.num_engines or 1) > ranks:
+            raise ValueError(
+                f"--vllm.num_engines {args.vllm.num_engines} with --train.colocate_all: each engine shares one actor "
+                f"rank's GPU; give at most {ranks} engines (the actor's ranks)"
+            )
         if cfg.umm.head.rl and not ours:
             # vLLM serves the backbone only: the head's weights would have nowhere to go at a sync.
             raise ValueError("--umm.head.rl needs --rollout.engine umm_plugin.openrlhf.engine:create_engines")
@@ -116,11 +124,18 @@ def check_janus(args, cfg: PluginConfig, ours: bool) -> None:
     for path in (args.data.prompt_dataset, args.eval.dataset):
         if path:  # GenEval JSONL with any classes; errors name file:line:field
             load_geneval(path)
+    config = AutoConfig.from_pretrained(args.actor.model_name_or_path)
+    images = 2 if args.algo.advantage.estimator == "r3_stage" else 1  # R3's stage 2 draws a second picture
+    if args.data.max_len < images * config.vq_config.num_patches**2:
+        raise ValueError(
+            f"--data.max_len {args.data.max_len}: a rollout on this model holds {images} image(s) of "
+            f"{config.vq_config.num_patches**2} tokens, plus its text; raise it (in a recipe: -- --data.max_len N)"
+        )
     if args.ds.lora.rank > 0:
         targets = args.ds.lora.target_modules or []
         wanted = {targets} if isinstance(targets, str) else set(targets)  # OpenRLHF's default: "all-linear"
         with torch.device("meta"):  # module names only: nothing is allocated
-            model = JanusForConditionalGeneration(AutoConfig.from_pretrained(args.actor.model_name_or_path))
+            model = JanusForConditionalGeneration(config)
         linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
         args.ds.lora.target_modules = [
             n
