@@ -23,6 +23,12 @@ def _driver(argv):
     parser.add_argument("--ds.lora.rank", type=int, default=0)
     parser.add_argument("--ds.lora.target_modules", nargs="*", default="all-linear")
     parser.add_argument("--algo.advantage.estimator", default="gvu_grpo")
+    parser.add_argument("--vllm.sync_backend", default="gloo")  # OpenRLHF's is nccl; the recipes pass gloo
+    parser.add_argument("--vllm.num_engines", type=int, default=None)
+    parser.add_argument("--train.colocate_all", action="store_true")
+    parser.add_argument("--actor.num_nodes", type=int, default=1)
+    parser.add_argument("--actor.num_gpus_per_node", type=int, default=8)
+    parser.add_argument("--data.max_len", type=int, default=2048)
     check = register(parser)
     args = hierarchize(parser.parse_args(argv))
     check(args)
