@@ -65,6 +65,7 @@ RED = "a photo of a red circle"
         (["generate", "--model", "{m}", "--prompt", ""], "empty prompt"),
         (["eval", "--model", "/nonexistent/model"], "model directory /nonexistent/model not found"),
         (["eval", "--model", "{corrupt}"], "cannot load the backbone"),
+        (["eval", "--model", "{m}", "--device", "cuda"], "is a ShapesWorld model: it runs on CPU"),
         (["shapes", "pretrain", "--out", "x", "--gap", "huge"], "gap='huge'"),
     ],
 )

@@ -125,6 +125,9 @@ def build_parser():
     )
     ev.add_argument("--rounds-grid", help="With --rounds: a PNG of the first prompts' plans, images, reflections.")
     ev.add_argument("--json", help="Also write the report here.")
+    ev.add_argument(
+        "--device", default="cpu", help="Where a real model runs (cuda: a GPU, in bfloat16); ShapesWorld: cpu only."
+    )
 
     srum = sub.add_parser("srum", help="SRUM offline: self-judged reward maps, then a reward-weighted fine-tune.")
     _dataclass_args(srum, SRUMOfflineConfig)
@@ -239,7 +242,9 @@ def run(args) -> None:
             from umm_plugin.worlds.geneval import load_geneval
 
             metas = load_geneval(args.prompts)[: args.n]
-        model = load_model(args.model)
+        import torch
+
+        model = load_model(args.model, args.device, None if args.device == "cpu" else torch.bfloat16)
         t0 = time.time()
         sampling = _dataclass_value(SamplingConfig, args)
         if args.prompts or not isinstance(model, UMM):

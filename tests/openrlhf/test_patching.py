@@ -26,6 +26,7 @@ SERIES = [
     "0007-actor-extensions.patch",
     "0008-jsonl-logger.patch",
     "0009-exact-resume.patch",
+    "0010-zero3-gloo.patch",
 ]
 
 
