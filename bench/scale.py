@@ -8,8 +8,10 @@ A topology AxE is A actor ranks (and as many reference ranks) and E rollout engi
 a machine with fewer cores than ranks, the ranks share the cores (the recipes tell a local Ray it has enough CPUs),
 so 2x2 on 2 cores measures the overhead of the split (gloo all-reduce, a second engine, two weight broadcasts), not
 a speed-up. Evaluation is off (`--umm.eval.steps 0`). On 2 cores GvU takes about 3 min at 1x1 and 5 at 2x2.
-Flags after `--` go to the recipe (`-- --umm.sampling.min_p 0.03`); on GPUs, once the rollout engine
-serves them, this is the same script with the GPU flags there. The runs stay under --out.
+Flags after `--` go to the recipe's train_ppo_ray (`-- --umm.sampling.min_p 0.03`). The GPU variant: `--gpu` (one
+GPU per actor rank, its reference rank and engine beside it, so E <= A), with `--model DIR --prompts FILE` for a
+real model, e.g. `--gpu --model Janus-Pro-1B --prompts geneval.jsonl --topologies 1x1 2x2 --lora`. The runs stay
+under --out.
 """
 
 import argparse
@@ -29,6 +31,10 @@ def main():
     ap.add_argument("--topologies", nargs="+", default=["1x1", "2x2"])
     ap.add_argument("--steps", type=int, default=50, help="RL steps per run (a multiple of the recipe's 50).")
     ap.add_argument("--out", default="runs/scale")
+    ap.add_argument("--gpu", action="store_true", help="The recipes' --gpu: ranks and engines on GPUs.")
+    ap.add_argument("--model", help="The recipe's --model (a Janus directory); default its ShapesWorld base.")
+    ap.add_argument("--prompts", help="The recipe's --prompts (GenEval-format JSONL).")
+    ap.add_argument("--lora", action="store_true", help="The recipe's --lora.")
     ap.add_argument("extra", nargs="*", help="Flags for the recipe's train_ppo_ray, after --.")
     args = ap.parse_args()
     rows = []
@@ -36,8 +42,12 @@ def main():
         actors, engines = (int(x) for x in topo.split("x"))
         run = Path(args.out) / f"{args.recipe}-{topo}"
         shutil.rmtree(run, ignore_errors=True)
+        run.parent.mkdir(parents=True, exist_ok=True)
         cmd = ["bash", f"recipes/{args.recipe}.sh", "--steps", str(args.steps), "--actors", str(actors)]
-        cmd += ["--engines", str(engines), "--", "--umm.eval.steps", "0", *args.extra]
+        cmd += ["--engines", str(engines)] + ["--gpu"] * args.gpu + ["--lora"] * args.lora
+        cmd += ["--model", args.model] if args.model else []
+        cmd += ["--prompts", args.prompts] if args.prompts else []
+        cmd += ["--", "--umm.eval.steps", "0", *args.extra]
         env = os.environ | {"UMM_OUT": str(run), "UMM_PYTHON": sys.executable}
         t0 = time.time()
         with open(f"{run}.log", "w") as log:
@@ -52,8 +62,8 @@ def main():
         row["last_reward"] = steps[-1]["reward"]
         rows.append(row)
     base = rows[0]
-    print(f"`python bench/scale.py --recipe {args.recipe} --topologies {' '.join(args.topologies)}"
-          f" --steps {args.steps}` ({os.cpu_count()} cores; samples per second, steps 2-{args.steps})\n")  # fmt: skip
+    print(f"`python bench/scale.py {' '.join(sys.argv[1:])}` ({os.cpu_count()} cores{', GPUs' * args.gpu};"
+          f" samples per second, steps 2-{args.steps})\n")  # fmt: skip
     print("| topology | rollout | train | whole step | step vs first | weight sync s | last-step reward | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -2,7 +2,8 @@
 # GvU (token-level intrinsic reward + GRPO) on the ShapesWorld weak base, through OpenRLHF's real train_ppo_ray.
 #
 #   bash recipes/gvu.sh [--model DIR] [--prompts FILE] [--smoke] [--resume|--overwrite] [--faithful] [--lora]
-#                       [--actors N] [--engines N] [--zero 2|3] [--gpu] [--steps N] [-- extra flags]
+#                       [--actors N] [--engines N] [--zero 2|3] [--gpu [--no-colocate]] [--steps N]
+#                       [-- extra flags]
 #
 # CPU by default (shared flags in recipes/ppo_cpu.sh). Env: UMM_PYTHON (default .venv/bin/python), UMM_BASE (the
 # weak base, pretrained if missing: runs/shapes-weak), UMM_OUT (run dir: runs/gvu, or runs/gvu_smoke with --smoke).
@@ -37,6 +38,7 @@ while [ $# -gt 0 ]; do
     --engines) ENGINES=$2; shift 2 ;;
     --zero) ZERO=$2; shift 2 ;;
     --gpu) GPU=1; shift ;;
+    --no-colocate) COLOCATE=0; shift ;;
     --overwrite) OVERWRITE=1; shift ;;
     --faithful) GVU_FLAGS=(--gvu.include_eos false --gvu.reencode true); shift ;;
     --lora) LORA_RANK=8; shift ;;
@@ -44,7 +46,8 @@ while [ $# -gt 0 ]; do
     --) shift; break ;;
     *)
       echo "gvu.sh: unknown option $1 (use --model DIR, --prompts FILE, --smoke, --resume, --overwrite," \
-        "--actors N, --engines N, --zero 2|3, --gpu, --faithful, --lora, --steps N, -- extra flags)" >&2
+        "--actors N, --engines N, --zero 2|3, --gpu, --no-colocate, --faithful, --lora, --steps N," \
+        "-- extra flags)" >&2
       exit 2 ;;
   esac
 done

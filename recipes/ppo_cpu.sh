@@ -16,6 +16,8 @@
 # unless RESUME=1 (the recipes' --resume: continue from the last checkpoint) or OVERWRITE=1 (--overwrite: delete it).
 # GPU=1 (the recipes' --gpu): actor, reference and engine ranks share GPUs (--train.colocate_all: actor rank i's
 # GPU holds reference rank i and engine i, so ENGINES <= ACTORS), bf16, SDPA attention; weights still sync over gloo.
+# COLOCATE=0 (--no-colocate) gives every actor rank, reference rank and engine a GPU of its own (2 ACTORS +
+# ENGINES GPUs).
 # MAX_LEN (--data.max_len): 256 on ShapesWorld, 1024 with MODEL (a Janus-Pro image is 576 tokens).
 # Image tokens are sampled at plain T 1 (the plugin's default min-p 0): under the GvU authors' min-p 0.03 the
 # ShapesWorld weak base draws almost nothing; `-- --umm.sampling.min_p 0.03` restores their sampler.
@@ -60,6 +62,10 @@ ppo_cpu() {
     echo "--engines ${ENGINES:-1} --zero ${ZERO:-2}: give a positive number of engines and ZeRO stage 2 or 3" >&2
     exit 2
   fi
+  if [ "${COLOCATE:-1}" = 0 ] && [ "${GPU:-0}" != 1 ]; then
+    echo "--no-colocate places ranks on GPUs of their own: it goes with --gpu" >&2
+    exit 2
+  fi
   mkdir -p "$OUT" && touch "$OUT/.umm-plugin"
   if [ -z "${MODEL:-}" ] && [ ! -f "$BASE/umm_config.json" ]; then
     "$PY" -m umm_plugin.cli shapes pretrain --out "$BASE" --gap weak ${PRETRAIN_FLAGS:-}
@@ -76,7 +82,8 @@ ppo_cpu() {
   local cpus=$((2 * ${ACTORS:-1} + ${ENGINES:-1}))
   local device=(--ds.device cpu --ds.param_dtype fp32 --ds.attn_implementation eager)
   if [ "${GPU:-0}" = 1 ]; then
-    device=(--ds.device cuda --ds.param_dtype bf16 --ds.attn_implementation sdpa --train.colocate_all)
+    device=(--ds.device cuda --ds.param_dtype bf16 --ds.attn_implementation sdpa)
+    if [ "${COLOCATE:-1}" = 1 ]; then device+=(--train.colocate_all); fi
   elif [ -z "${RAY_ADDRESS:-}" ] && [ "$cpus" -gt "$(nproc)" ]; then
     export RAY_OVERRIDE_RESOURCES="{\"CPU\": $cpus}"
   fi

@@ -3,8 +3,8 @@
 # OpenRLHF's real train_ppo_ray.
 #
 #   bash recipes/r3.sh [--model DIR] [--prompts FILE] [--judge self|evaluator|openai] [--smoke]
-#                      [--resume|--overwrite] [--actors N] [--engines N] [--zero 2|3] [--gpu] [--faithful] [--lora]
-#                      [--steps N] [-- extra flags]
+#                      [--resume|--overwrite] [--actors N] [--engines N] [--zero 2|3] [--gpu [--no-colocate]]
+#                      [--faithful] [--lora] [--steps N] [-- extra flags]
 #
 # Even steps are stage 1 (plan + image from the prompt), odd steps stage 2 (reflect + refine from a buffered stage-1
 # image); the R3 executor returns the text turn's reward on its tokens and the judge score V as the reward, and the
@@ -57,6 +57,7 @@ while [ $# -gt 0 ]; do
     --engines) ENGINES=$2; shift 2 ;;
     --zero) ZERO=$2; shift 2 ;;
     --gpu) GPU=1; shift ;;
+    --no-colocate) COLOCATE=0; shift ;;
     --overwrite) OVERWRITE=1; shift ;;
     --judge) JUDGE=$2; shift 2 ;;
     --steps) STEPS=$2; STEPS_SET=1; shift 2 ;;
@@ -64,7 +65,7 @@ while [ $# -gt 0 ]; do
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
     --) shift; break ;;
     *) echo "r3.sh: unknown option $1 (use --model DIR, --prompts FILE, --judge J, --smoke, --resume," \
-         "--overwrite, --actors N, --engines N, --zero 2|3, --gpu, --faithful, --lora," \
+         "--overwrite, --actors N, --engines N, --zero 2|3, --gpu, --no-colocate, --faithful, --lora," \
          "--steps N, -- extra flags)" >&2
        exit 2 ;;
   esac

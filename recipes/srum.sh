@@ -2,7 +2,8 @@
 # SRUM (global + local self-reward) on the ShapesWorld weak base.
 #
 #   bash recipes/srum.sh [--model DIR] [--prompts FILE] [--offline] [--smoke] [--resume|--overwrite]
-#                        [--actors N] [--engines N] [--zero 2|3] [--gpu] [--lora] [--steps N] [-- extra flags]
+#                        [--actors N] [--engines N] [--zero 2|3] [--gpu [--no-colocate]] [--lora] [--steps N]
+#                        [-- extra flags]
 #
 # --model DIR trains another model instead of the ShapesWorld base (a Janus / Janus-Pro directory: its yes/no
 # answers on the decoded image, the questions from each GenEval line; `-- --srum.sam DIR` online or `-- --sam DIR`
@@ -52,6 +53,7 @@ while [ $# -gt 0 ]; do
     --engines) ENGINES=$2; shift 2 ;;
     --zero) ZERO=$2; shift 2 ;;
     --gpu) GPU=1; shift ;;
+    --no-colocate) COLOCATE=0; shift ;;
     --overwrite) OVERWRITE=1; shift ;;
     --offline) OFFLINE=1; shift ;;
     --lora) LR=2e-4; LORA_RANK=8; KL_BETA=0.03; LR_SCHEDULER=constant_with_warmup; MIN_LR_RATIO=1; shift ;;
@@ -59,7 +61,7 @@ while [ $# -gt 0 ]; do
     --) shift; break ;;
     *)
       echo "srum.sh: unknown option $1 (use --model DIR, --prompts FILE, --offline, --smoke, --resume, --overwrite," \
-        "--actors N, --engines N, --zero 2|3, --gpu, --lora, --steps N, -- extra flags)" >&2
+        "--actors N, --engines N, --zero 2|3, --gpu, --no-colocate, --lora, --steps N, -- extra flags)" >&2
       exit 2 ;;
   esac
 done
@@ -73,7 +75,7 @@ if [ "$SMOKE" = 1 ]; then NAME=${NAME}_smoke; fi
 OUT=${UMM_OUT:-runs/$NAME}
 
 if [ "$OFFLINE" = 1 ]; then
-  if [ -n "${ACTORS:-}${ENGINES:-}${ZERO:-}${GPU:-}" ]; then
+  if [ -n "${ACTORS:-}${ENGINES:-}${ZERO:-}${GPU:-}${COLOCATE:-}" ]; then
     echo "srum.sh: --offline runs in one process on CPU; for several ranks run \`torchrun --nproc_per_node N -m" \
       "umm_plugin.cli srum ...\` (--actors, --engines, --zero and --gpu are for the online recipe)" >&2
     exit 2

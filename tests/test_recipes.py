@@ -81,3 +81,12 @@ def test_overwrite_deletes_the_earlier_run_first(tmp_path):
     # A Python that fails at once stops the recipe right after it cleared the directory.
     r = _recipe("gvu", "--smoke", "--overwrite", UMM_OUT=str(out), UMM_PYTHON="false")
     assert r.returncode != 0 and not (out / "curve.csv").exists() and not (out / "ckpt").exists()
+
+
+@pytest.mark.parametrize("name", ["gvu", "srum", "r3"])
+def test_no_colocate_without_gpu_is_refused(name, tmp_path):
+    r = _recipe(name, "--smoke", "--no-colocate", UMM_OUT=str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "--no-colocate places ranks on GPUs of their own: it goes with --gpu"
+    )
+    assert not (tmp_path / "run").exists()  # refused before anything was written

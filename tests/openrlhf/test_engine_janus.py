@@ -197,3 +197,20 @@ def test_r3_executor_on_janus_plans_judges_itself_and_reflects_on_the_picture(ti
             (a, b), (c, d) = ranges
             assert obs[c - 1] == janus.boi_id and d - c == 16 and d == len(obs)
             assert obs[b : b + 1] == [janus.eos_id] or obs[b - 1] == janus.eos_id
+
+
+@pytest.mark.parametrize("kind", ["gvu", "r3"])
+def test_a_bfloat16_engine_serves_the_executors(tiny_janus_dir, flags, coco_file, kind):
+    """What `--gpu` runs (a Janus in bf16), on the CPU here: image and text turns, decoding and the judges."""
+    import umm_plugin.openrlhf.r3_agent as r3_agent
+
+    flags(**{"r3.judge": "self"})
+    agent = gvu_agent if kind == "gvu" else r3_agent
+    engine = UMMRolloutEngine(
+        str(tiny_janus_dir), 0, agent.__file__, prompt_files=[str(coco_file)], dtype=torch.bfloat16
+    )
+    assert {p.dtype for p in engine.umm.model.parameters()} == {torch.bfloat16}
+    meta = json.loads(coco_file.read_text().splitlines()[1])
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    results = asyncio.run(engine.generate_responses(meta["prompt"], meta["tag"], params, 2048, None, num_samples=2))
+    assert all(0 <= r["reward"] <= 1 and len(r["action_ranges"]) >= 1 for r in results)
