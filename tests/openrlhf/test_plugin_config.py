@@ -51,6 +51,19 @@ def test_check_binds_the_estimators_to_the_parsed_flags(pretrained_dir):
         (["--umm.sampling.min_p", "2", "--rollout.engine", ENGINE], "min_p 2"),
         (["--r3.judge", "openai", "--rollout.engine", ENGINE], "--r3.judge openai needs --umm.judge.url"),
         (["--srum.extra", "true"], "srum extra needs assign"),
+        (["--rollout.engine", ENGINE, "--vllm.sync_backend", "nccl"], "--vllm.sync_backend nccl: the UMM engine"),
+        (
+            [
+                "--rollout.engine",
+                ENGINE,
+                "--train.colocate_all",
+                "--vllm.num_engines",
+                "2",
+                "--actor.num_gpus_per_node",
+                "1",
+            ],
+            "each engine shares one actor rank's GPU; give at most 1 engines",
+        ),
     ],
 )
 def test_bad_flags_are_one_parser_error(pretrained_dir, capsys, argv, message):
@@ -69,6 +82,18 @@ def test_bad_model_and_prompt_file_are_one_parser_error(pretrained_dir, tmp_path
     with pytest.raises(SystemExit):
         _driver(["--actor.model_name_or_path", str(pretrained_dir), "--data.prompt_dataset", str(prompts)])
     assert 'p.jsonl:1: include[0].class: unknown class "dog"' in capsys.readouterr().err
+
+
+def test_a_janus_rollout_must_fit_data_max_len(tiny_janus_dir, capsys):
+    """OpenRLHF would cut a longer rollout (and its actions) to --data.max_len: refused before Ray instead."""
+    args = ["--actor.model_name_or_path", str(tiny_janus_dir), "--rollout.engine", ENGINE]
+    for estimator, length, images in (("gvu_grpo", 15, 1), ("r3_stage", 31, 2)):
+        with pytest.raises(SystemExit):
+            _driver([*args, "--algo.advantage.estimator", estimator, "--data.max_len", str(length)])
+        assert f"--data.max_len {length}: a rollout on this model holds {images} image(s) of 16 tokens" in (
+            capsys.readouterr().err
+        )
+    _driver([*args, "--algo.advantage.estimator", "r3_stage", "--data.max_len", "32"])
 
 
 def test_a_worker_builds_its_config_from_the_exported_flags(monkeypatch, tiny_janus_dir):
