@@ -160,6 +160,30 @@ def test_srum_executor_on_janus_rewards_each_image_token_with_the_pooled_map(tin
         asyncio.run(engine.generate_responses("a photo of a cow", "x", params, 2048, None, num_samples=1))
 
 
+def test_srum_executor_on_janus_proposes_regions_with_sam(tiny_janus_dir, tiny_sam_dir, flags, coco_file):
+    """`--srum.sam DIR`: the executor's regions are the SAM proposer's on the decoded image (SAM beside the model)."""
+    import umm_plugin.openrlhf.srum_agent as srum_agent
+    from umm_plugin.algos.srum import pool_to_grid
+    from umm_plugin.rewards.sam import SamProposer
+    from umm_plugin.rewards.srum import geneval_self_judge, reward_map
+    from umm_plugin.worlds.geneval import load_geneval
+
+    flags(**{"srum.assign": True, "srum.k": 3, "srum.sam": str(tiny_sam_dir)})
+    engine = UMMRolloutEngine(str(tiny_janus_dir), 0, srum_agent.__file__, prompt_files=[str(coco_file)])
+    janus, meta = engine.umm, load_geneval(coco_file)[1]
+    params = SamplingParams(temperature=1.0, max_tokens=None)
+    (r,) = asyncio.run(engine.generate_responses(meta["prompt"], meta["tag"], params, 2048, None))
+    n_prompt = len(janus.generation_prompt(meta["prompt"]))
+    pixels = janus.decode(torch.tensor(r["observation_tokens"][n_prompt:])[None] - janus.image_offset)
+    sam = SamProposer.from_pretrained(tiny_sam_dir, k=3)
+    boxes, local, g, found, claimed = geneval_self_judge(janus, pixels, [meta], sam, 3)
+    m = reward_map(boxes[0], local[0], g.item(), janus.image_size, False, 1.0)
+    got = torch.tensor(r["token_rewards"][n_prompt:])
+    torch.testing.assert_close(got, pool_to_grid(m[None], 4)[0], atol=1e-5, rtol=0)
+    proposer = engine.executor.proposer
+    assert isinstance(proposer, SamProposer) and next(proposer.model.parameters()).device == engine.device
+
+
 def test_r3_executor_on_janus_plans_judges_itself_and_reflects_on_the_picture(tiny_janus_dir, flags, coco_file):
     import numpy as np
 

@@ -10,42 +10,6 @@ import torch
 from umm_plugin.rewards.sam import SamProposer, box_iou, nms
 
 
-@pytest.fixture(scope="module")
-def tiny_sam_dir(tmp_path_factory):
-    from transformers import SamConfig, SamModel, SamProcessor
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
-
-    vision = dict(
-        hidden_size=32,
-        output_channels=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=64,
-        patch_size=8,
-        mlp_dim=64,
-        window_size=4,
-        global_attn_indexes=[1],
-        num_pos_feats=8,
-    )
-    prompt = dict(hidden_size=16, image_size=64, patch_size=8, image_embedding_size=8, mask_input_channels=4)
-    decoder = dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16)
-    torch.manual_seed(0)
-    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
-    assert sum(p.numel() for p in model.parameters()) < 100_000
-    processor = SamProcessor(
-        image_processor=SamImageProcessorPil(
-            size={"longest_edge": 64},
-            pad_size={"height": 64, "width": 64},
-            mask_size={"longest_edge": 16},
-            mask_pad_size={"height": 16, "width": 16},
-        )
-    )
-    out = tmp_path_factory.mktemp("tiny_sam")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
 def _scene() -> np.ndarray:
     image = np.zeros((48, 40, 3), np.uint8)
     image[4:20, 6:18] = (220, 30, 30)

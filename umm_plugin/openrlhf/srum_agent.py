@@ -127,6 +127,7 @@ class AgentExecutor(UMMExecutor):
                 from umm_plugin.rewards.sam import SamProposer
 
                 self.proposer = SamProposer.from_pretrained(cfg.sam, k=cfg.k)
+                self.proposer.model.to(llm_engine.device)  # beside the model it judges for (a GPU with --gpu)
             else:
                 self.proposer = partial(components_proposer, k=cfg.k)
         pixels = await llm_engine.decode(codes)
