@@ -317,8 +317,8 @@ def test_engine_state_restores_generators_records_and_the_curve(pretrained_dir, 
 
 
 def test_engines_are_placed_as_openrlhf_places_vllm_engines(tmp_path):
-    """CPU runs and ShapesWorld models: one CPU per engine; GPU runs: a GPU of its own, or with --train.colocate_all
-    a 0.2 share of actor rank i's bundle (beside the actor and reference ranks there)."""
+    """A GPU of its own on GPUs (a ShapesWorld model stays on CPU), else one CPU; with --train.colocate_all a 0.2 share
+    of actor rank i's bundle (its GPU, beside the actor and reference ranks there)."""
     from types import SimpleNamespace
 
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -331,11 +331,12 @@ def test_engines_are_placed_as_openrlhf_places_vllm_engines(tmp_path):
     def args(device, model):
         return SimpleNamespace(ds=SimpleNamespace(device=device), actor=SimpleNamespace(model_name_or_path=str(model)))
 
-    pg = object()  # the driver's placement group, only handed on
-    assert placement(args("cpu", janus), 1, pg) == {"num_cpus": 1, "num_gpus": 0}
-    assert placement(args("cuda", shapes), 1, pg) == {"num_cpus": 1, "num_gpus": 0}  # ShapesWorld stays on CPU
+    assert placement(args("cpu", janus), 1) == {"num_cpus": 1, "num_gpus": 0}
+    assert placement(args("cuda", shapes), 1) == {"num_cpus": 1, "num_gpus": 0}  # ShapesWorld stays on CPU
     assert placement(args("cuda", janus), 1) == {"num_cpus": 1, "num_gpus": 1}
-    shared = placement(args("cuda", janus), 1, pg)
-    strategy = shared.pop("scheduling_strategy")
-    assert shared == {"num_cpus": 0.2, "num_gpus": 0.2} and isinstance(strategy, PlacementGroupSchedulingStrategy)
-    assert strategy.placement_group is pg and strategy.placement_group_bundle_index == 1
+    pg = object()  # the driver's placement group, only handed on
+    for device, model, gpus in (("cuda", janus, 0.2), ("cuda", shapes, 0), ("cpu", janus, 0)):
+        shared = placement(args(device, model), 1, pg)
+        strategy = shared.pop("scheduling_strategy")
+        assert shared == {"num_cpus": 0.2, "num_gpus": gpus} and isinstance(strategy, PlacementGroupSchedulingStrategy)
+        assert strategy.placement_group is pg and strategy.placement_group_bundle_index == 1

@@ -33,9 +33,10 @@ def _recipe(recipe, model, prompts, out, *flags):
 
 @pytest.fixture(scope="module")
 def smoke(tiny_janus_dir, coco_file, tmp_path_factory):
-    """GvU with LoRA (what a real-size Janus needs); fully fine-tuned Janus runs are the SRUM and R3 tests below."""
+    """GvU with LoRA (what a real-size Janus needs); fully fine-tuned Janus runs are the SRUM and R3 tests below.
+    Placed as `--gpu` places it (`--train.colocate_all`: the engine in actor rank 0's bundle), on CPU."""
     out = tmp_path_factory.mktemp("janus_smoke_lora")
-    _recipe("gvu", tiny_janus_dir, coco_file, out, "--lora")
+    _recipe("gvu", tiny_janus_dir, coco_file, out, "--lora", "--", "--train.colocate_all")
     return out
 
 

@@ -609,17 +609,16 @@ class UMMRolloutEngine:
 
 
 def placement(args, index: int, shared_pg=None) -> dict:
-    """Ray options of engine `index`, as OpenRLHF places its vLLM engines: on CPU (`--ds.device cpu`, or a
-    ShapesWorld model) one CPU; on GPUs its own GPU, or with `--train.colocate_all` (`shared_pg`, one bundle per
-    actor rank) a share of actor rank `index`'s GPU beside the actor and reference ranks."""
-    if args.ds.device != "cuda" or (Path(args.actor.model_name_or_path) / "umm_config.json").is_file():
-        return {"num_cpus": 1, "num_gpus": 0}
+    """Ray options of engine `index`, as OpenRLHF places its vLLM engines: a GPU of its own on GPUs (`--ds.device
+    cuda`, but a ShapesWorld model, which runs on CPU), else one CPU; with `--train.colocate_all` (`shared_pg`, one
+    bundle per actor rank) a 0.2 share of actor rank `index`'s bundle (its GPU) beside the actor and reference ranks."""
+    gpu = args.ds.device == "cuda" and not (Path(args.actor.model_name_or_path) / "umm_config.json").is_file()
     if shared_pg is None:
-        return {"num_cpus": 1, "num_gpus": 1}
+        return {"num_cpus": 1, "num_gpus": int(gpu)}
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     strategy = PlacementGroupSchedulingStrategy(placement_group=shared_pg, placement_group_bundle_index=index)
-    return {"num_cpus": 0.2, "num_gpus": 0.2, "scheduling_strategy": strategy}
+    return {"num_cpus": 0.2, "num_gpus": 0.2 if gpu else 0, "scheduling_strategy": strategy}
 
 
 def create_engines(args, shared_pg=None):
