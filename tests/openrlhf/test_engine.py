@@ -340,3 +340,24 @@ def test_engines_are_placed_as_openrlhf_places_vllm_engines(tmp_path):
         strategy = shared.pop("scheduling_strategy")
         assert shared == {"num_cpus": 0.2, "num_gpus": gpus} and isinstance(strategy, PlacementGroupSchedulingStrategy)
         assert strategy.placement_group is pg and strategy.placement_group_bundle_index == 1
+
+
+def test_the_group_store_hands_every_engine_all_groups_once_all_have_put_theirs():
+    from umm_plugin.openrlhf.engine import GroupStore
+
+    async def main():
+        store = GroupStore(2)
+        waiting = asyncio.ensure_future(store.get(3))  # engine 0 asks before engine 1 has put its groups
+        await store.put(3, 1, ["b1"])
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await store.put(3, 0, ["a1", "a2"])
+        assert await waiting == ["a1", "a2", "b1"] == await store.get(3)  # in engine order
+        await store.put(6, 0, [])  # steps more than two behind are dropped
+        assert 3 not in store.steps
+        late = GroupStore(2, timeout_s=0.05)
+        await late.put(1, 0, ["a"])
+        with pytest.raises(TimeoutError, match="step 1: 1 of 2 engines shared their groups within 0 s"):
+            await late.get(1)
+
+    asyncio.run(main())

@@ -29,6 +29,7 @@ def _driver(argv):
     parser.add_argument("--actor.num_nodes", type=int, default=1)
     parser.add_argument("--actor.num_gpus_per_node", type=int, default=8)
     parser.add_argument("--data.max_len", type=int, default=2048)
+    parser.add_argument("--rollout.batch_size", type=int, default=1024)
     check = register(parser)
     args = hierarchize(parser.parse_args(argv))
     check(args)
@@ -63,6 +64,10 @@ def test_check_binds_the_estimators_to_the_parsed_flags(pretrained_dir):
                 "1",
             ],
             "each engine shares one actor rank's GPU; give at most 1 engines",
+        ),
+        (
+            ["--rollout.engine", ENGINE, "--vllm.num_engines", "3", "--rollout.batch_size", "2"],
+            "give at most one engine per prompt of a step",
         ),
     ],
 )

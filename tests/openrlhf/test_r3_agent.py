@@ -64,12 +64,15 @@ def test_stage1_is_plan_then_image_with_R3s_rewards_and_feeds_the_buffer(pretrai
     ex = engine.executor
     assert len(ex.groups) == 1 and len(ex.buffer) == 0  # the group waits for the next stage-2 step
     engine.syncs = 1
-    assert ex.stage(engine) == 2 and len(ex.buffer) == G
+    assert asyncio.run(ex.stage(engine)) == 2 and len(ex.buffer) == G
     assert [e["v"] for e in ex.buffer.entries] == pytest.approx([r["reward"] for r in results])
     engine.syncs = 2  # the next stage-1 step's results replace these
     second = _call(engine, "a photo of two green triangles")
     engine.syncs = 3
-    assert ex.stage(engine) == 2 and [e["prompt"] for e in ex.buffer.entries] == ["a photo of two green triangles"] * G
+    assert (
+        asyncio.run(ex.stage(engine)) == 2
+        and [e["prompt"] for e in ex.buffer.entries] == ["a photo of two green triangles"] * G
+    )
     assert [e["v"] for e in ex.buffer.entries] == pytest.approx([r["reward"] for r in second])
 
 
@@ -89,7 +92,7 @@ def test_staged_score_is_the_share_in_stage1_and_the_verdict_after(pretrained_di
     assert [out["reward"] for out in results] == pytest.approx(shares)
     assert any(0 < v < 1 for v in shares)  # partial credit happened, so the two scores differ here
     engine.syncs = 1
-    assert engine.executor.stage(engine) == 2
+    assert asyncio.run(engine.executor.stage(engine)) == 2
     assert [e["v"] for e in engine.executor.buffer.entries] == [float(v == 1) for v in shares]
     for out in _call(engine, PROMPT, n=4):  # stage 2 judges edits with the verdict
         assert out["reward"] in (0.0, 1.0) and out["extra_logs"]["r3_v_prev"] in (0.0, 1.0)

@@ -98,7 +98,8 @@ def test_two_actor_ranks_and_two_engines_train_stage_1_as_one_of_each(
 ):
     """`--actors 2 --engines 2`: stage 1 (plans, images, verdicts, text rewards) draws the same samples and trains
     the backbone and the diffusion head (an actor extension: its gradients averaged over ranks) to the weights of
-    1 x 1. Stage 2 draws its roots from each engine's own stage-1 groups, so it may differ."""
+    1 x 1; stage 2 draws the same roots (both engines fill their buffers with every engine's stage-1 groups, in
+    prompt order) and so the same reflections, edits and rewards."""
     env = {"UMM_BASE": str(pretrained_dir), "UMM_OUT": str(tmp_path)}
     cmd = ["bash", "recipes/r3.sh", "--smoke", "--judge", EVALUATOR[0], "--actors", "2", "--engines", "2"]
     run = _run([*cmd, "--", *EVALUATOR[1:]], **env)
@@ -108,3 +109,6 @@ def test_two_actor_ranks_and_two_engines_train_stage_1_as_one_of_each(
     heads = [torch.load(d / path, weights_only=False)["actor_extensions"][NAME] for d in (evaluator_run[0], tmp_path)]
     flat = [torch.cat([t.flatten().float() for t in h["head"].values()]) for h in heads]
     assert (flat[0] - flat[1]).abs().max() < 1e-6
+    second = [json.loads((d / "metrics.jsonl").read_text().splitlines()[1]) for d in (evaluator_run[0], tmp_path)]
+    for key in ("r3_v", "r3_v_prev", "r3_stop", "r3_correction", "r3_text_reward", "r3_format", "total_length"):
+        assert second[1][key] == pytest.approx(second[0][key], rel=1e-5, abs=1e-7), key

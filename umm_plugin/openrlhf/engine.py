@@ -59,6 +59,12 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
+def current_sample():
+    """For an executor the UMM engine runs: (its prompt's key, the prompt's rank among equal ones, the sample's index);
+    else None."""
+    return _OWNER.get()
+
+
 def rollout_rng():
     """For an executor the UMM engine runs: (a generator of the sample's own, the seed of its group); else None.
     Seeded by the run's seed, the step, the prompt and the sample's index, so what a sample draws does not depend on
@@ -128,10 +134,12 @@ class UMMRolloutEngine:
         ckpt=None,
         device="cpu",
         dtype=None,
+        store=None,
     ):
         """`share`: prompts this engine serves per step (0: start each call at once); `ckpt`: OpenRLHF's checkpoint
         settings {"path", "save_steps", "max_num", "load"} (None: never save or restore); `device` and `dtype`: where
-        and in what a model of the interface runs (ShapesWorld's runs on CPU as saved)."""
+        and in what a model of the interface runs (ShapesWorld's runs on CPU as saved); `store`: the `GroupStore`
+        the engines exchange executor groups through (None: one engine)."""
         from umm_plugin.openrlhf.config import plugin_config
 
         config = plugin_config()
@@ -173,7 +181,7 @@ class UMMRolloutEngine:
             self.executor = _load_agent_executor(agent_func_path)
         self.pending: list[_Request] = []
         self.flushing = False
-        self.share, self.index = share, index
+        self.share, self.index, self.store = share, index, store
         self.calls = []  # generate_responses calls waiting to start: (key, samples, start future)
         self.started, self.ranks, self.requests, self.live = 0, {}, {}, 0
         self.start_timer = None
@@ -454,6 +462,15 @@ class UMMRolloutEngine:
             rank = self.ranks[key] = self.ranks.get(key, -1) + 1  # repeated prompts: in arrival order
             start.set_result(rank)
 
+    async def exchange(self, groups: list) -> list:
+        """Every engine's share of this step's executor groups, the same list on every engine: R3's stage-1 groups
+        (prompt, V, states, order), sorted by order (prompt key and rank), so what stage 2 draws from them does not
+        depend on how the prompts were spread over engines."""
+        if self.store is not None:
+            self.store.put.remote(self.syncs, self.index, groups)
+            groups = await self.store.get.remote(self.syncs)
+        return sorted(groups, key=lambda g: g[3])
+
     def get_num_unfinished_requests(self) -> int:
         return len(self.pending)
 
@@ -608,10 +625,39 @@ class UMMRolloutEngine:
         return row
 
 
+class GroupStore:
+    """A Ray actor the engines exchange executor groups through, by step: `get(step)` returns every engine's `put`
+    for that step once all have put theirs (each engine serves at least one prompt per step: the driver checks)."""
+
+    def __init__(self, engines: int, timeout_s: float = 1800.0):
+        self.engines, self.timeout_s, self.steps, self.done = engines, timeout_s, {}, {}
+
+    def _event(self, step) -> asyncio.Event:
+        return self.done.setdefault(step, asyncio.Event())
+
+    async def put(self, step: int, index: int, groups: list) -> None:
+        self.steps.setdefault(step, {})[index] = groups
+        for old in [k for k in self.steps if k < step - 2]:  # a resumed or lagging engine asks for recent steps only
+            self.steps.pop(old), self.done.pop(old, None)
+        if len(self.steps[step]) == self.engines:
+            self._event(step).set()
+
+    async def get(self, step: int) -> list:
+        try:
+            await asyncio.wait_for(self._event(step).wait(), self.timeout_s)
+        except TimeoutError:
+            raise TimeoutError(
+                f"step {step}: {len(self.steps.get(step, {}))} of {self.engines} engines shared their groups within "
+                f"{self.timeout_s:.0f} s (does every engine get prompts? --vllm.num_engines <= --rollout.batch_size)"
+            ) from None
+        return [g for i in sorted(self.steps[step]) for g in self.steps[step][i]]
+
+
 def placement(args, index: int, shared_pg=None) -> dict:
     """Ray options of engine `index`, as OpenRLHF places its vLLM engines: a GPU of its own on GPUs (`--ds.device
     cuda`, but a ShapesWorld model, which runs on CPU), else one CPU; with `--train.colocate_all` (`shared_pg`, one
-    bundle per actor rank) a 0.2 share of actor rank `index`'s bundle (its GPU) beside the actor and reference ranks."""
+    bundle per actor rank) a 0.2 share of actor rank `index`'s bundle (its GPU) beside the actor and reference ranks.
+    """
     gpu = args.ds.device == "cuda" and not (Path(args.actor.model_name_or_path) / "umm_config.json").is_file()
     if shared_pg is None:
         return {"num_cpus": 1, "num_gpus": int(gpu)}
@@ -640,6 +686,7 @@ def create_engines(args, shared_pg=None):
     ckpt = {"path": args.ckpt.path, "save_steps": args.ckpt.save_steps, "max_num": args.ckpt.max_num}
     ckpt["load"] = bool(args.ckpt.load_enable)
     gpu = placement(args, 0, shared_pg)["num_gpus"] > 0
+    store = ray.remote(GroupStore).options(num_cpus=0).remote(engines) if engines > 1 else None
     return [
         actor.options(**placement(args, i, shared_pg)).remote(
             args.actor.model_name_or_path,
@@ -655,6 +702,7 @@ def create_engines(args, shared_pg=None):
             ckpt,
             "cuda" if gpu else "cpu",
             convert_to_torch_dtype(args.ds.param_dtype) if gpu else None,
+            store,
         )
         for i in range(engines)
     ]

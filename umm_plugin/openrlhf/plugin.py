@@ -63,6 +63,11 @@ def check(parser, args) -> None:
             )
         if ours and args.vllm.sync_backend != "gloo":
             raise ValueError(f"--vllm.sync_backend {args.vllm.sync_backend}: the UMM engine syncs weights over gloo")
+        if ours and (args.vllm.num_engines or 1) > args.rollout.batch_size:
+            raise ValueError(
+                f"--vllm.num_engines {args.vllm.num_engines} for --rollout.batch_size {args.rollout.batch_size}: "
+                "every engine serves whole prompts, so give at most one engine per prompt of a step"
+            )
         ranks = args.actor.num_nodes * args.actor.num_gpus_per_node
         if ours and args.train.colocate_all and (args.vllm.num_engines or 1) > ranks:
             raise ValueError(

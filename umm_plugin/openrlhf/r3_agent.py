@@ -38,7 +38,7 @@ import torch
 
 from umm_plugin.algos.r3 import TreeBuffer
 from umm_plugin.models.umm import ASK, DESCRIBE, UMM
-from umm_plugin.openrlhf.engine import rollout_rng
+from umm_plugin.openrlhf.engine import current_sample, rollout_rng
 from umm_plugin.openrlhf.executor import UMMExecutor
 from umm_plugin.rewards.openai_judge import OpenAIJudge
 from umm_plugin.rewards.r3 import (
@@ -68,8 +68,9 @@ class AgentExecutor(UMMExecutor):
         self.rng_np = np.random.default_rng(0)  # root draws outside the UMM engine
         # Host calls are told apart by their sampling-params object (one per generate_responses call); each entry
         # keeps that object alive so its id cannot be reused while the entry exists.
-        self.groups = {}  # stage 1: id -> (params, prompt, [V], [state])
+        self.groups = {}  # stage 1: id -> (params, prompt, [V], [state], order)
         self.roots = {}  # stage 2: id -> (params, drawn root)
+        self.merged = None  # stage 2: the step whose stage-1 groups (every engine's) fill the buffer, and its task
         self.openai = None
         if self.r3.judge == "openai":
             judge = self.cfg.judge
@@ -86,19 +87,32 @@ class AgentExecutor(UMMExecutor):
         self.buffer.entries.extend(state["buffer"])
         self.groups = {i: (None, *entry) for i, entry in enumerate(state["groups"])}
 
-    def stage(self, llm_engine) -> int:
-        if getattr(llm_engine, "syncs", 0) % 2 == 0:
+    async def stage(self, llm_engine) -> int:
+        step = getattr(llm_engine, "syncs", 0)
+        if step % 2 == 0:
             self.roots.clear()
             return 1
-        if self.groups:  # a new stage-1 step's results replace the last one's, as in the authors' code
-            self.buffer.entries.clear()
-        for _, prompt, v, states in self.groups.values():
-            self.buffer.add_group(prompt, v, states)
-        self.groups.clear()
+        if self.merged is None or self.merged[0] != step:  # the step's first stage-2 call fills the buffer
+            self.merged = (step, asyncio.ensure_future(self.fill_buffer(llm_engine)))
+        await self.merged[1]
         return 2 if len(self.buffer) else 1
 
+    async def fill_buffer(self, llm_engine) -> None:
+        """The last stage-1 step's groups replace the buffer (as in the authors' code): on the UMM engine every
+        engine's groups in (prompt, rank) order (`exchange`), each group's samples in their order, so the roots stage
+        2 draws do not depend on how prompts were spread over engines; elsewhere this executor's own."""
+        groups = [entry[1:] for entry in self.groups.values()]
+        self.groups.clear()
+        if hasattr(llm_engine, "exchange"):
+            groups = await llm_engine.exchange(groups)
+        if groups:
+            self.buffer.entries.clear()
+        for prompt, v, states, _ in groups:
+            samples = sorted(range(len(v)), key=lambda i: states[i]["sample"])  # in sample order, however judged
+            self.buffer.add_group(prompt, [v[i] for i in samples], [states[i] for i in samples])
+
     async def execute(self, prompt, label, sampling_params, max_length, hf_tokenizer, llm_engine, images=None):
-        if self.stage(llm_engine) == 1:
+        if await self.stage(llm_engine) == 1:
             return await self.reason_and_generate(prompt, label, sampling_params, llm_engine, images)
         key = id(sampling_params)
         if key not in self.roots:  # the first member of this group draws the group's root
@@ -125,10 +139,11 @@ class AgentExecutor(UMMExecutor):
         f = format_reward(text)
         r = float(stage1_rewards(torch.tensor(v), torch.tensor(f), self.r3.w))
 
-        key = id(sampling_params)
-        _, _, vs, states = self.groups.setdefault(key, (sampling_params, prompt, [], []))
+        key, owner = id(sampling_params), current_sample()  # owner: (prompt key, rank, sample) on the UMM engine
+        order = owner[:2] if owner else (len(self.groups),)
+        _, _, vs, states, _ = self.groups.setdefault(key, (sampling_params, prompt, [], [], order))
         vs.append(float(v == 1) if self.r3.score == "staged" else v)
-        states.append({"codes": codes, "pixels": pixels})
+        states.append({"codes": codes, "pixels": pixels, "sample": owner[2] if owner else len(states)})
         observation = ids + tokens
         actions = [(len(ctx), len(ctx) + len(plan)), (len(ids), len(observation))]
         token_rewards = [0.0] * len(observation)
