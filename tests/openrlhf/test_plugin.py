@@ -48,31 +48,14 @@ def test_bad_prompt_file_fails_before_ray_naming_file_and_line(pretrained_dir, t
     assert "Traceback" not in run.stderr and "ray" not in run.stdout.lower()  # Ray never started
 
 
-def test_bad_umm_flags_are_one_line_errors(pretrained_dir, tmp_path):
-    run = _train_ppo_ray(
-        tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.judge.weights", "reference"
-    )
-    assert run.returncode == 2 and "without LoRA needs the UMM engine" in run.stderr.splitlines()[-1]
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--gvu.include_eos", "maybe")
+def test_bad_flags_through_openrlhfs_own_parser_are_one_line_errors(pretrained_dir, tmp_path):
+    """OpenRLHF's real parser and exit path (every check's message: test_plugin_config, in-process): an argparse type
+    error, a config check, and OpenRLHF's default --vllm.sync_backend nccl refused for the UMM engine."""
+    model = ["--actor.model_name_or_path", str(pretrained_dir)]
+    run = _train_ppo_ray(tmp_path, *model, "--gvu.include_eos", "maybe")
     assert run.returncode == 2 and "--gvu.include_eos: invalid true_or_false value: 'maybe'" in run.stderr
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(tmp_path / "nowhere"))
-    assert run.returncode == 2 and "no such model directory" in run.stderr.splitlines()[-1]
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--umm.head.rl", "true")
-    assert run.returncode == 2 and "--umm.head.rl needs --rollout.engine umm_plugin" in run.stderr.splitlines()[-1]
-
-
-def test_bad_srum_flags_are_one_line_errors(pretrained_dir, tmp_path):
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--srum.per", "diagonal")
+    run = _train_ppo_ray(tmp_path, *model, "--srum.per", "diagonal")
     assert run.returncode == 2 and "srum per 'diagonal': use one of position, sample" in run.stderr.splitlines()[-1]
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--srum.k", "0")
-    assert run.returncode == 2 and "srum k 0 must be at least 1" in run.stderr.splitlines()[-1]
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), "--srum.missing", "true")
-    assert run.returncode == 2 and "srum missing needs assign" in run.stderr.splitlines()[-1]
-
-
-def test_the_umm_engine_refuses_openrlhfs_default_nccl_sync_before_ray(pretrained_dir, tmp_path):
-    """OpenRLHF's real parser: its default --vllm.sync_backend is nccl (other engine checks: test_plugin_config)."""
-    engine = ["--rollout.engine", "umm_plugin.openrlhf.engine:create_engines"]
-    run = _train_ppo_ray(tmp_path, "--actor.model_name_or_path", str(pretrained_dir), *engine)
+    run = _train_ppo_ray(tmp_path, *model, "--rollout.engine", "umm_plugin.openrlhf.engine:create_engines")
     assert run.returncode == 2 and "--vllm.sync_backend nccl: the UMM engine syncs" in run.stderr.splitlines()[-1]
     assert "Traceback" not in run.stderr and "ray" not in run.stdout.lower()

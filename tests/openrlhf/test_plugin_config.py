@@ -52,6 +52,8 @@ def test_check_binds_the_estimators_to_the_parsed_flags(pretrained_dir):
         (["--umm.sampling.min_p", "2", "--rollout.engine", ENGINE], "min_p 2"),
         (["--r3.judge", "openai", "--rollout.engine", ENGINE], "--r3.judge openai needs --umm.judge.url"),
         (["--srum.extra", "true"], "srum extra needs assign"),
+        (["--srum.missing", "true"], "srum missing needs assign"),
+        (["--srum.k", "0"], "srum k 0 must be at least 1"),
         (["--rollout.engine", ENGINE, "--vllm.sync_backend", "nccl"], "--vllm.sync_backend nccl: the UMM engine"),
         (
             [
