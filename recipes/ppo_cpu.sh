@@ -23,6 +23,10 @@
 # ShapesWorld weak base draws almost nothing; `-- --umm.sampling.min_p 0.03` restores their sampler.
 ppo_cpu() {
   local agent estimator resume=()
+  if [ "${COLOCATE:-1}" = 0 ] && [ "${GPU:-0}" != 1 ]; then
+    echo "--no-colocate places ranks on GPUs of their own: it goes with --gpu" >&2
+    exit 2
+  fi
   if [ "${RESUME:-0}" = 1 ] && [ "${OVERWRITE:-0}" = 1 ]; then
     echo "give --resume (continue the run in $OUT) or --overwrite (start it again), not both" >&2
     exit 2
@@ -60,10 +64,6 @@ ppo_cpu() {
   fi
   if ! [[ "${ENGINES:-1}" =~ ^[1-9][0-9]*$ ]] || [[ ! "${ZERO:-2}" =~ ^[23]$ ]]; then
     echo "--engines ${ENGINES:-1} --zero ${ZERO:-2}: give a positive number of engines and ZeRO stage 2 or 3" >&2
-    exit 2
-  fi
-  if [ "${COLOCATE:-1}" = 0 ] && [ "${GPU:-0}" != 1 ]; then
-    echo "--no-colocate places ranks on GPUs of their own: it goes with --gpu" >&2
     exit 2
   fi
   mkdir -p "$OUT" && touch "$OUT/.umm-plugin"
