@@ -91,6 +91,7 @@ def test_two_actor_ranks_and_two_engines_train_as_one_of_each(smoke, pretrained_
     run = _run(["bash", "recipes/gvu.sh", "--smoke", "--actors", "2", "--engines", "2", "--zero", "3"], **env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     one = smoke
+    # group_reward_std equal to 1 x 1's: each GRPO group holds the same samples, one prompt's, whichever engine drew
     keys = ["reward", "group_reward_std", "shapes_accuracy", "total_length", "kl"]
     # ZeRO-3 reduces gradients in another order: a gradient near Adam's eps then moves its weight differently in
     # step 1 (measured 3.1e-6 of a 1e-4 step in one element, 2.2e-6 already at 1 x 1; docs/results.md, gvu-smoke-2x2).
