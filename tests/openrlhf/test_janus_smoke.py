@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,8 +126,18 @@ def test_r3_on_janus_with_the_self_judge_trains_through_train_ppo_ray(tiny_janus
 
 
 def test_r3_on_janus_with_the_openai_judge_on_a_loopback_server(tiny_janus_dir, coco_file, tmp_path, server):
-    verdicts = iter(["1", "0"] * 100)  # every group gets pictures judged right and wrong: non-zero advantages
-    server.cfg["content"] = lambda body: next(verdicts)
+    judged = {}  # per prompt "1", "0", "1", ...: every group gets pictures judged right and wrong, whatever order
+    # the engine's concurrent requests arrive in (non-zero advantages)
+
+    lock = threading.Lock()
+
+    def verdict(body):
+        text = next(part["text"] for part in body["messages"][-1]["content"] if part["type"] == "text")
+        with lock:
+            judged[text] = judged.get(text, -1) + 1
+            return "10"[judged[text] % 2]
+
+    server.cfg["content"] = verdict
     flags = ["--judge", "openai", "--", "--umm.judge.url", server.url, "--umm.judge.model", "coco-vlm"]
     _recipe("r3", tiny_janus_dir, coco_file, tmp_path, *flags)
     steps, policy = _r3_steps(tmp_path)
